@@ -1,0 +1,29 @@
+//! microcluster: turn a program into a member of a secure, self-managing cluster.
+//!
+//! Members talk over one mutually-authenticated HTTPS port each (certificate pinning, no CA) and
+//! are administered through a unix control socket in their state directory. [`App`] is the
+//! entry point: create it for a state directory, [`App::start`] its daemon, and talk to it with
+//! [`App::status`], [`App::ready`] and [`App::local_client`].
+//!
+//! See `SPEC.md` for the behaviour and `DESIGN.md` for the architecture.
+
+pub mod api_extensions;
+mod app;
+pub mod certs;
+pub mod client;
+mod control_socket;
+mod daemon;
+pub mod error;
+pub mod member_config;
+mod rest;
+pub mod runtime;
+pub mod state_dir;
+pub mod trust;
+pub mod types;
+pub mod validate;
+
+pub use app::{App, Args, DEFAULT_HEARTBEAT_INTERVAL, DaemonArgs};
+pub use client::Client;
+pub use daemon::DatabaseState;
+pub use error::{Error, ErrorKind, Result};
+pub use types::Server;

@@ -1,0 +1,51 @@
+//! The trust decision of SPEC §4, in one place.
+//!
+//! A request is trusted if it came in on the control socket, or if it came in on a network
+//! listener with a `Host` header equal to this member's address and a TLS client certificate
+//! that is in the truststore and within its validity. Nothing else makes a request trusted.
+
+use rustls::pki_types::CertificateDer;
+
+use crate::certs;
+use crate::trust::Truststore;
+
+/// Where a request came in.
+#[derive(Clone, Debug)]
+pub(crate) enum Origin {
+    /// The unix control socket: always trusted.
+    ControlSocket,
+    /// A network listener, with the client certificate presented during the TLS handshake.
+    Network {
+        client_certificate: Option<CertificateDer<'static>>,
+    },
+}
+
+impl Origin {
+    /// Whether the request came in on the control socket.
+    pub fn is_control_socket(&self) -> bool {
+        matches!(self, Origin::ControlSocket)
+    }
+}
+
+/// Decides whether a request is trusted. `member_address` is this member's address (`None`
+/// before init), `host` the request's `Host` header.
+pub(crate) fn is_trusted(
+    origin: &Origin,
+    host: Option<&str>,
+    member_address: Option<&str>,
+    truststore: &Truststore,
+) -> bool {
+    let client_certificate = match origin {
+        Origin::ControlSocket => return true,
+        Origin::Network { client_certificate } => client_certificate,
+    };
+    let (Some(certificate), Some(host), Some(address)) = (client_certificate, host, member_address)
+    else {
+        return false;
+    };
+    host == address
+        && certs::is_valid_now(certificate)
+        && truststore
+            .by_fingerprint(&certs::fingerprint(certificate))
+            .is_some()
+}

@@ -1,0 +1,122 @@
+//! The JSON envelope of every REST response (SPEC §5.1) and the body type that carries it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::Error;
+
+/// What a handler answers on success: the `metadata` of a sync envelope, and optionally a signal
+/// fired once the response has been handed to the connection (used by shutdown to close the
+/// control socket only after its caller got the answer).
+pub(crate) struct Response {
+    pub metadata: Value,
+    pub on_sent: Option<oneshot::Sender<()>>,
+}
+
+impl Response {
+    /// A sync response with `metadata`.
+    pub fn sync(metadata: Value) -> Response {
+        Response {
+            metadata,
+            on_sent: None,
+        }
+    }
+
+    /// The empty success, `"metadata":{}`.
+    pub fn empty() -> Response {
+        Response::sync(json!({}))
+    }
+
+    /// Fires `signal` once this response has been written out.
+    pub fn notify_when_sent(mut self, signal: oneshot::Sender<()>) -> Response {
+        self.on_sent = Some(signal);
+        self
+    }
+}
+
+/// A full response body that fires an optional signal when hyper drops it, which happens once
+/// the body has been written to the connection.
+pub(crate) struct ResponseBody {
+    inner: Full<Bytes>,
+    on_drop: Option<oneshot::Sender<()>>,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(signal) = self.on_drop.take() {
+            let _ = signal.send(());
+        }
+    }
+}
+
+fn json_response(
+    status: u16,
+    body: &Value,
+    on_drop: Option<oneshot::Sender<()>>,
+) -> hyper::Response<ResponseBody> {
+    let mut response = hyper::Response::new(ResponseBody {
+        inner: Full::new(Bytes::from(body.to_string())),
+        on_drop,
+    });
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The sync envelope: HTTP 200 with `metadata`.
+pub(crate) fn sync(response: Response) -> hyper::Response<ResponseBody> {
+    let body = json!({
+        "type": "sync",
+        "status": "Success",
+        "status_code": 200,
+        "operation": "",
+        "error_code": 0,
+        "error": "",
+        "metadata": response.metadata,
+    });
+    json_response(200, &body, response.on_sent)
+}
+
+/// The error envelope: the HTTP status equals `error_code`.
+pub(crate) fn error(err: &Error) -> hyper::Response<ResponseBody> {
+    let body = json!({
+        "type": "error",
+        "status": "",
+        "status_code": 0,
+        "operation": "",
+        "error_code": err.http_status(),
+        "error": err.message(),
+        "metadata": null,
+    });
+    json_response(err.http_status(), &body, None)
+}

@@ -1,0 +1,250 @@
+//! Endpoint declarations and path matching. One router serves the control socket and the
+//! network listener; each endpoint says where it is served and what it allows.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hyper::{HeaderMap, Method};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::access::Origin;
+use super::envelope::Response;
+use crate::daemon::Daemon;
+use crate::{Error, Result};
+
+/// The future a handler returns.
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response>> + Send>>;
+
+/// A request handler.
+pub(crate) type Handler = Arc<dyn Fn(Arc<Daemon>, Request) -> HandlerFuture + Send + Sync>;
+
+/// Wraps an async fn as a [`Handler`].
+pub(crate) fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Arc<Daemon>, Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response>> + Send + 'static,
+{
+    Arc::new(move |daemon, request| Box::pin(f(daemon, request)))
+}
+
+/// A request as handlers see it, after routing, trust decision and body decoding.
+#[expect(
+    dead_code,
+    reason = "the endpoints of this release take no input; the lifecycle endpoints read it"
+)]
+pub(crate) struct Request {
+    /// Values of the `{var}` segments of the endpoint path.
+    pub vars: HashMap<String, String>,
+    /// Decoded query parameters, in order.
+    pub query: Vec<(String, String)>,
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// The JSON body, if the request had one.
+    pub body: Option<Value>,
+    /// Where the request came in.
+    pub origin: Origin,
+    /// The trust decision of SPEC §4.
+    pub trusted: bool,
+}
+
+#[expect(dead_code, reason = "the endpoints of this release take no body")]
+impl Request {
+    /// The body decoded as `T`; a missing or ill-shaped body is a 400.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        let body = self.body.clone().unwrap_or(Value::Null);
+        serde_json::from_value(body)
+            .map_err(|err| Error::invalid(format!("Invalid request body: {err}")))
+    }
+}
+
+/// One method's behaviour on an endpoint.
+pub(crate) struct Action {
+    pub handler: Handler,
+    pub allow_untrusted: bool,
+}
+
+impl Action {
+    /// An action for trusted callers only.
+    pub fn trusted(handler: Handler) -> Action {
+        Action {
+            handler,
+            allow_untrusted: false,
+        }
+    }
+
+    /// An action anyone may call.
+    pub fn untrusted(handler: Handler) -> Action {
+        Action {
+            handler,
+            allow_untrusted: true,
+        }
+    }
+}
+
+/// Which listeners serve an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// Only the unix control socket (`/core/control…`).
+    ControlSocket,
+    /// The control socket and the core network listener.
+    Everywhere,
+}
+
+/// A REST resource: a path, where it is served, what it allows, and its actions per method.
+pub(crate) struct Endpoint {
+    segments: Vec<String>,
+    pub served: Served,
+    pub allowed_before_init: bool,
+    pub allowed_during_shutdown: bool,
+    pub get: Option<Action>,
+    pub put: Option<Action>,
+    pub post: Option<Action>,
+    pub delete: Option<Action>,
+    pub patch: Option<Action>,
+}
+
+impl Endpoint {
+    /// An endpoint at `path` (without leading slash; `{var}` matches one segment), served
+    /// everywhere, not allowed before init or during shutdown, with no actions yet.
+    pub fn new(path: &str) -> Endpoint {
+        Endpoint {
+            segments: split_path(path).map(String::from).collect(),
+            served: Served::Everywhere,
+            allowed_before_init: false,
+            allowed_during_shutdown: false,
+            get: None,
+            put: None,
+            post: None,
+            delete: None,
+            patch: None,
+        }
+    }
+
+    /// Serves the endpoint only on the control socket.
+    pub fn control_socket_only(mut self) -> Endpoint {
+        self.served = Served::ControlSocket;
+        self
+    }
+
+    /// Allows the endpoint while the database is not open.
+    pub fn before_init(mut self) -> Endpoint {
+        self.allowed_before_init = true;
+        self
+    }
+
+    /// Allows the endpoint while the daemon shuts down.
+    pub fn during_shutdown(mut self) -> Endpoint {
+        self.allowed_during_shutdown = true;
+        self
+    }
+
+    /// Sets the GET action.
+    pub fn get(mut self, action: Action) -> Endpoint {
+        self.get = Some(action);
+        self
+    }
+
+    /// Sets the POST action.
+    pub fn post(mut self, action: Action) -> Endpoint {
+        self.post = Some(action);
+        self
+    }
+
+    /// The action for `method`: `Err` 404 for a method the API does not know, `Ok(None)` for a
+    /// known method this endpoint has no handler for.
+    pub fn action(&self, method: &Method) -> Result<Option<&Action>> {
+        Ok(match *method {
+            Method::GET => self.get.as_ref(),
+            Method::PUT => self.put.as_ref(),
+            Method::POST => self.post.as_ref(),
+            Method::DELETE => self.delete.as_ref(),
+            Method::PATCH => self.patch.as_ref(),
+            ref other => return Err(Error::not_found(format!("Method '{other}' not found"))),
+        })
+    }
+
+    fn matches(&self, segments: &[&str]) -> Option<HashMap<String, String>> {
+        if segments.len() != self.segments.len() {
+            return None;
+        }
+        let mut vars = HashMap::new();
+        for (pattern, segment) in self.segments.iter().zip(segments) {
+            match pattern.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                Some(var) => {
+                    vars.insert(var.to_string(), percent_decode(segment));
+                }
+                None if pattern == segment => {}
+                None => return None,
+            }
+        }
+        Some(vars)
+    }
+}
+
+fn split_path(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|segment| !segment.is_empty())
+}
+
+fn percent_decode(segment: &str) -> String {
+    form_urlencoded::parse(format!("x={}", segment.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
+}
+
+/// The set of endpoints of a daemon.
+pub(crate) struct Router {
+    endpoints: Vec<Endpoint>,
+}
+
+impl Router {
+    /// A router over `endpoints`.
+    pub fn new(endpoints: Vec<Endpoint>) -> Router {
+        Router { endpoints }
+    }
+
+    /// The endpoint serving `path` on a listener of kind `origin`, with its path variables.
+    pub fn find(
+        &self,
+        origin: &Origin,
+        path: &str,
+    ) -> Option<(&Endpoint, HashMap<String, String>)> {
+        let segments: Vec<&str> = split_path(path).collect();
+        self.endpoints
+            .iter()
+            .filter(|endpoint| endpoint.served == Served::Everywhere || origin.is_control_socket())
+            .find_map(|endpoint| endpoint.matches(&segments).map(|vars| (endpoint, vars)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_with_variables() {
+        let endpoint = Endpoint::new("core/1.0/cluster/{name}");
+        let vars = endpoint
+            .matches(&["core", "1.0", "cluster", "c%201"])
+            .unwrap();
+        assert_eq!(vars["name"], "c 1");
+        assert!(endpoint.matches(&["core", "1.0", "cluster"]).is_none());
+        assert!(endpoint.matches(&["core", "1.0", "tokens", "x"]).is_none());
+        assert!(Endpoint::new("").matches(&[]).is_some());
+    }
+
+    #[test]
+    fn unknown_methods_are_not_found_and_missing_actions_are_none() {
+        let endpoint = Endpoint::new("x");
+        assert!(endpoint.action(&Method::GET).unwrap().is_none());
+        let err = endpoint
+            .action(&Method::from_bytes(b"BREW").unwrap())
+            .err()
+            .unwrap();
+        assert_eq!(err.message(), "Method 'BREW' not found");
+        assert_eq!(err.http_status(), 404);
+    }
+}

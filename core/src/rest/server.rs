@@ -1,0 +1,248 @@
+//! Listeners: the accept loops of the control socket and the core network listener, and the
+//! request pipeline of SPEC §5.3 that both share.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, HOST};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::access::{self, Origin};
+use super::envelope::{self, Response, ResponseBody};
+use super::router::Request;
+use crate::daemon::Daemon;
+use crate::{Error, ErrorKind, Result};
+
+/// The largest request body accepted (SPEC: oversized bodies get 413).
+pub(crate) const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long in-flight requests get to finish when a listener stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the control socket until `stop` is cancelled, then drains open connections.
+pub(crate) async fn serve_control_socket(
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    stop: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => serve_connection(&daemon, &graceful, stream, Origin::ControlSocket),
+                Err(err) => {
+                    tracing::warn!("Failed to accept on the control socket: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drain(graceful).await;
+}
+
+/// Serves HTTPS with `tls` on `listener` until `stop` is cancelled, then drains open
+/// connections.
+pub(crate) async fn serve_network(
+    daemon: Arc<Daemon>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    stop: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = Arc::new(GracefulShutdown::new());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!("Failed to accept on the core listener: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let daemon = daemon.clone();
+        let graceful = graceful.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            let stream = tokio::select! {
+                _ = stop.cancelled() => return,
+                result = handshake => match result {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::debug!("TLS handshake with {peer} failed: {err}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake with {peer} timed out");
+                        return;
+                    }
+                },
+            };
+            let client_certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|certificate| certificate.clone().into_owned());
+            serve_connection(
+                &daemon,
+                &graceful,
+                stream,
+                Origin::Network { client_certificate },
+            );
+        });
+    }
+    match Arc::try_unwrap(graceful) {
+        Ok(graceful) => drain(graceful).await,
+        Err(_) => tracing::debug!("Handshakes still in flight while the core listener stops"),
+    }
+}
+
+async fn drain(graceful: GracefulShutdown) {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+}
+
+fn serve_connection<S>(daemon: &Arc<Daemon>, graceful: &GracefulShutdown, stream: S, origin: Origin)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let daemon = daemon.clone();
+    let service = service_fn(move |request| {
+        let daemon = daemon.clone();
+        let origin = origin.clone();
+        async move { Ok::<_, Infallible>(handle(daemon, origin, request).await) }
+    });
+    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!("Connection ended with an error: {err}");
+        }
+    });
+}
+
+/// Answers one request: the envelope of the handler's result or of the first failed check.
+async fn handle(
+    daemon: Arc<Daemon>,
+    origin: Origin,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<ResponseBody> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    match process(daemon, origin, request).await {
+        Ok(response) => envelope::sync(response),
+        Err(err) => {
+            tracing::debug!("{method} {path}: {} {err}", err.http_status());
+            envelope::error(&err)
+        }
+    }
+}
+
+/// The pipeline of SPEC §5.3.
+async fn process(
+    daemon: Arc<Daemon>,
+    origin: Origin,
+    request: hyper::Request<Incoming>,
+) -> Result<Response> {
+    let (parts, body) = request.into_parts();
+    let (endpoint, vars) = daemon
+        .router
+        .find(&origin, parts.uri.path())
+        .ok_or_else(|| Error::not_found("not found"))?;
+
+    if daemon.is_shutting_down() && !endpoint.allowed_during_shutdown {
+        return Err(Error::unavailable("Daemon is shutting down"));
+    }
+    if !endpoint.allowed_before_init {
+        daemon.database_state().require_open()?;
+    }
+
+    let host = parts.headers.get(HOST).and_then(|host| host.to_str().ok());
+    let member_address = daemon.member_address();
+    let trusted = access::is_trusted(&origin, host, member_address.as_deref(), &daemon.truststore);
+    let action = endpoint
+        .action(&parts.method)?
+        .ok_or_else(|| Error::new(ErrorKind::NotImplemented, "not implemented"))?;
+    if !trusted && !action.allow_untrusted {
+        return Err(Error::forbidden("not authorized"));
+    }
+    let handler = action.handler.clone();
+
+    let declared_length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+    if declared_length.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(body_too_large());
+    }
+    let bytes = read_body(body).await?;
+    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(
+            serde_json::from_slice::<Value>(&bytes)
+                .map_err(|err| Error::invalid(format!("Invalid JSON in request body: {err}")))?,
+        )
+    };
+    let query = parts
+        .uri
+        .query()
+        .map(|query| {
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let request = Request {
+        vars,
+        query,
+        headers: parts.headers,
+        body,
+        origin,
+        trusted,
+    };
+    handler(daemon, request).await
+}
+
+fn body_too_large() -> Error {
+    Error::new(
+        ErrorKind::PayloadTooLarge,
+        format!("Request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(body_too_large()),
+        Err(err) => Err(Error::invalid(format!(
+            "Failed to read request body: {err}"
+        ))),
+    }
+}

@@ -1,0 +1,200 @@
+//! TLS for the core listener and for member clients: mutual authentication by pinning.
+//!
+//! Servers request a client certificate but do not require one; the trust decision is made per
+//! request (`access.rs`). Clients accept a server only if its leaf certificate is byte-identical
+//! to the pinned one and within its validity. The ring provider is passed explicitly and is
+//! never installed as the process default.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use crate::certs::{self, CertKeyPair};
+use crate::{Error, Result};
+
+/// TLS 1.3 preferred, 1.2 the minimum (SPEC §4).
+static VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The crypto provider of every TLS configuration of the library.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+fn tls_error(what: &str, err: rustls::Error) -> Error {
+    Error::internal(format!("Failed to build TLS {what} configuration: {err}"))
+}
+
+fn verify_tls12(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls12_signature(
+        message,
+        cert,
+        dss,
+        &provider().signature_verification_algorithms,
+    )
+}
+
+fn verify_tls13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider().signature_verification_algorithms,
+    )
+}
+
+fn schemes() -> Vec<SignatureScheme> {
+    provider()
+        .signature_verification_algorithms
+        .supported_schemes()
+}
+
+/// Accepts any client certificate whose handshake signature verifies; whether it is trusted is
+/// decided per request against the truststore.
+#[derive(Debug)]
+struct OptionalClientCertificate;
+
+impl ClientCertVerifier for OptionalClientCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+/// Accepts exactly one server certificate, byte for byte, while it is valid.
+#[derive(Debug)]
+struct PinnedServerCertificate {
+    pinned: CertificateDer<'static>,
+}
+
+impl ServerCertVerifier for PinnedServerCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() != self.pinned.as_ref() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        if !certs::is_valid_now(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+/// The server configuration of a listener presenting `identity`.
+pub(crate) fn server_config(identity: &CertKeyPair) -> Result<Arc<rustls::ServerConfig>> {
+    let certificate = certs::parse_cert_pem(&identity.cert_pem)?;
+    let key = certs::parse_key_pem(&identity.key_pem)?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|err| tls_error("server", err))?
+        .with_client_cert_verifier(Arc::new(OptionalClientCertificate))
+        .with_single_cert(vec![certificate], key)
+        .map_err(|err| tls_error("server", err))?;
+    Ok(Arc::new(config))
+}
+
+/// The client configuration pinning `server_cert_pem`, presenting `identity` if given.
+pub(crate) fn client_config(
+    server_cert_pem: &str,
+    identity: Option<&CertKeyPair>,
+) -> Result<Arc<rustls::ClientConfig>> {
+    let pinned = certs::parse_cert_pem(server_cert_pem)?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|err| tls_error("client", err))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedServerCertificate { pinned }));
+    let config = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(
+                vec![certs::parse_cert_pem(&identity.cert_pem)?],
+                certs::parse_key_pem(&identity.key_pem)?,
+            )
+            .map_err(|err| tls_error("client", err))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,96 @@
+//! `microd`: the example daemon (SPEC §16.1). It runs one cluster member until a signal or
+//! `microctl shutdown` stops it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use microcluster::{App, Args, DaemonArgs};
+use microcluster_examples::{exit_code, init_logging, parse_args, parse_duration};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The example application's API extensions (SPEC §16.1).
+const API_EXTENSIONS: [&str; 2] = ["custom_extension_a_0", "custom_extension_a_1"];
+
+/// Example daemon of a microcluster member.
+#[derive(Parser)]
+#[command(name = "microd", disable_version_flag = true)]
+struct Cli {
+    /// State directory of the member (default: $STATE_DIR).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Interval between heartbeat rounds, like 10s or 1m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// Group that owns the control socket (default: $SOCKET_GROUP, else the process group).
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// Log informational messages.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Log debug messages.
+    #[arg(short, long)]
+    debug: bool,
+    /// Print the version and exit.
+    #[arg(long)]
+    version: bool,
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = parse_args();
+    if cli.version {
+        println!("{}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    init_logging(cli.verbose, cli.debug);
+    exit_code(run(cli))
+}
+
+fn run(cli: Cli) -> microcluster::Result<()> {
+    let app = Arc::new(App::new(Args {
+        state_dir: cli.state_dir,
+        socket_group: cli.socket_group,
+    })?);
+    let args = DaemonArgs {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        heartbeat_interval: cli.heartbeat,
+        api_extensions: API_EXTENSIONS.map(String::from).to_vec(),
+    };
+    microcluster::runtime::block_on(async move {
+        spawn_signal_handler(app.clone())?;
+        app.start(args).await
+    })
+}
+
+/// SIGTERM, SIGINT, SIGQUIT and SIGPWR shut the daemon down; SIGHUP is ignored.
+fn spawn_signal_handler(app: Arc<App>) -> microcluster::Result<()> {
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|err| {
+            microcluster::Error::internal(format!("Failed to install a signal handler: {err}"))
+        })
+    };
+    let mut terminate = listen(SignalKind::terminate())?;
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    let mut quit = listen(SignalKind::quit())?;
+    let mut power = listen(SignalKind::from_raw(nix::libc::SIGPWR))?;
+    let mut hangup = listen(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+                _ = quit.recv() => {}
+                _ = power.recv() => {}
+                _ = hangup.recv() => continue,
+            }
+            tracing::info!("Received a stop signal");
+            if let Err(err) = app.stop().await {
+                tracing::warn!("Failed to stop: {err}");
+            }
+            return;
+        }
+    });
+    Ok(())
+}
