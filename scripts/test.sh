@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
+echo "== system packages"
+# rusqlite's SQLite session extension is bound with bindgen, which needs libclang.
+if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev
+fi
+
 echo "== formatting"
 cargo fmt --all --check
 

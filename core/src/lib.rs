@@ -13,6 +13,7 @@ pub mod certs;
 pub mod client;
 mod control_socket;
 mod daemon;
+pub mod db;
 pub mod error;
 pub mod member_config;
 mod rest;

@@ -1,0 +1,504 @@
+//! The durable Raft log: a SQLite file of its own (`database/raft.db`).
+//!
+//! Entries live in `log(idx, term, entry)`, keyed by index and encoded with `postcard`; the vote,
+//! the committed log id and the last purged log id live in `meta(key, value)`. The file runs with
+//! `journal_mode=WAL` and `synchronous=FULL`: it is the durability point of every write, so a
+//! commit is fsynced before it is acknowledged.
+//!
+//! SQLite never runs on the async executor. One dedicated OS thread owns the read-write
+//! connection and performs every write (an [`RaftLogStorage::append`] batch is one transaction,
+//! so one fsync); a second thread owns a read-only connection and serves log reads, so
+//! replication reads are not queued behind an fsync. Requests travel over `std::sync::mpsc`
+//! and answers come back over `tokio::sync::oneshot`. Entries are read from disk on demand,
+//! never cached. Each thread ends when the last handle that can reach it is dropped.
+
+// openraft fixes the error type of the storage traits, and it is large.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, Entry, LogId, OptionalSend, StorageIOError, Vote};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use super::{NodeId, StorageError, TypeConfig};
+
+/// A constructor of the I/O error of one subject, such as `StorageIOError::read_logs`.
+type Kind = fn(AnyError) -> StorageIOError<NodeId>;
+
+const READ_LOGS: Kind = StorageIOError::read_logs;
+const WRITE_LOGS: Kind = StorageIOError::write_logs;
+
+/// The result of a storage operation.
+type Res<T> = Result<T, StorageError>;
+
+/// A Raft log entry of our types.
+type LogEntry = Entry<TypeConfig>;
+
+/// A request to a connection thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The most bytes of entries one `limited_get_log_entries` call returns (at least one entry).
+const READ_LIMIT_BYTES: usize = 4 << 20;
+
+const META_VOTE: &str = "vote";
+const META_COMMITTED: &str = "committed";
+const META_LAST_PURGED: &str = "last_purged";
+
+/// A handle to a thread that owns one SQLite connection and runs jobs on it in order.
+#[derive(Clone)]
+struct Worker {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Worker {
+    /// Starts the thread; it ends when every handle to it is dropped.
+    fn spawn(name: &str, conn: Connection) -> std::io::Result<Worker> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let mut conn = conn;
+                while let Ok(job) = rx.recv() {
+                    job(&mut conn);
+                }
+            })?;
+        Ok(Worker { tx })
+    }
+
+    /// Runs `f` on the connection thread and waits for its result without blocking.
+    async fn call<T, F>(&self, kind: Kind, f: F) -> Res<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Res<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        let stopped = || StorageError::from(kind(AnyError::error("the Raft log thread stopped")));
+        self.tx.send(job).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// Turns the error of a result into a storage error of the subject `kind`.
+trait OrFail<T> {
+    fn or_fail(self, kind: Kind) -> Res<T>;
+}
+
+impl<T, E: std::error::Error + 'static> OrFail<T> for Result<T, E> {
+    fn or_fail(self, kind: Kind) -> Res<T> {
+        self.map_err(|e| kind(AnyError::new(&e)).into())
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], kind: Kind) -> Res<T> {
+    postcard::from_bytes(bytes).or_fail(kind)
+}
+
+fn read_meta<T: DeserializeOwned>(conn: &Connection, key: &str, kind: Kind) -> Res<Option<T>> {
+    let sql = "SELECT value FROM meta WHERE key = ?1";
+    let value: Option<Vec<u8>> = conn
+        .query_row(sql, [key], |r| r.get(0))
+        .optional()
+        .or_fail(kind)?;
+    value.map(|v| decode(&v, kind)).transpose()
+}
+
+fn write_meta<T: Serialize>(conn: &Connection, key: &str, value: &T, kind: Kind) -> Res<()> {
+    let value = postcard::to_allocvec(value).or_fail(kind)?;
+    let sql = "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)";
+    conn.execute(sql, params![key, value]).or_fail(kind)?;
+    Ok(())
+}
+
+/// Converts an index to SQLite's signed integer, saturating at `i64::MAX`.
+fn sql_index(index: u64) -> i64 {
+    i64::try_from(index).unwrap_or(i64::MAX)
+}
+
+/// Reads the entries of `range` in index order, stopping after `limit_bytes` (at least one).
+fn read_entries(
+    conn: &Connection,
+    (start, end): (Bound<u64>, Bound<u64>),
+    limit_bytes: usize,
+) -> Res<Vec<LogEntry>> {
+    let start = match start {
+        Bound::Included(s) => s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match end {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    let sql = "SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx";
+    let mut stmt = conn.prepare_cached(sql).or_fail(READ_LOGS)?;
+    let mut rows = stmt
+        .query(params![sql_index(start), sql_index(end)])
+        .or_fail(READ_LOGS)?;
+    let (mut out, mut bytes) = (Vec::new(), 0usize);
+    while let Some(row) = rows.next().or_fail(READ_LOGS)? {
+        let blob = row.get_ref(0).or_fail(READ_LOGS)?;
+        let blob = blob.as_blob().or_fail(READ_LOGS)?;
+        bytes += blob.len();
+        out.push(decode(blob, READ_LOGS)?);
+        if bytes >= limit_bytes {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a batch of entries in one transaction, so with one fsync.
+fn append_batch(conn: &mut Connection, entries: &[LogEntry]) -> Res<()> {
+    let tx = conn.transaction().or_fail(WRITE_LOGS)?;
+    {
+        let sql = "INSERT OR REPLACE INTO log(idx, term, entry) VALUES (?1, ?2, ?3)";
+        let mut stmt = tx.prepare_cached(sql).or_fail(WRITE_LOGS)?;
+        for entry in entries {
+            let (index, term) = (entry.log_id.index, entry.log_id.leader_id.term);
+            let blob = postcard::to_allocvec(entry).or_fail(WRITE_LOGS)?;
+            stmt.execute(params![sql_index(index), sql_index(term), blob])
+                .or_fail(WRITE_LOGS)?;
+        }
+    }
+    tx.commit().or_fail(WRITE_LOGS)
+}
+
+/// A handle that reads log entries from disk; cheap to clone, used by replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    reader: Worker,
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Res<Vec<LogEntry>> {
+        let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        let f = move |conn: &mut Connection| read_entries(conn, range, usize::MAX);
+        self.reader.call(READ_LOGS, f).await
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Res<Vec<LogEntry>> {
+        let range = (Bound::Included(start), Bound::Excluded(end));
+        let f = move |conn: &mut Connection| read_entries(conn, range, READ_LIMIT_BYTES);
+        self.reader.call(READ_LOGS, f).await
+    }
+}
+
+/// The durable Raft log store (`RaftLogStorage`), backed by a SQLite file.
+pub struct LogStore {
+    writer: Worker,
+    reader: LogReader,
+    /// The number of transactions committed by the writer connection.
+    #[cfg(test)]
+    commits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the log database at `path` and starts its threads.
+    pub fn open(path: &Path) -> Result<LogStore, crate::Error> {
+        let err = |e: rusqlite::Error| {
+            crate::Error::internal(format!("open Raft log {}: {e}", path.display()))
+        };
+        #[cfg_attr(not(test), allow(unused_mut))]
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            let msg = format!("open Raft log {}: journal mode {mode}", path.display());
+            return Err(crate::Error::internal(msg));
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS log(
+                 idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, entry BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);",
+        )
+        .map_err(err)?;
+        #[cfg(test)]
+        let commits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        #[cfg(test)]
+        {
+            let counter = commits.clone();
+            let hook = move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                false // do not roll back
+            };
+            conn.commit_hook(Some(hook)).map_err(err)?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let read_conn = Connection::open_with_flags(path, flags).map_err(err)?;
+        read_conn
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(err)?;
+        let reader = Worker::spawn("raft-log-read", read_conn)?;
+        let writer = Worker::spawn("raft-log-write", conn)?;
+        Ok(LogStore {
+            writer,
+            reader: LogReader { reader },
+            #[cfg(test)]
+            commits,
+        })
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Res<Vec<LogEntry>> {
+        self.reader.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Res<LogState<TypeConfig>> {
+        let f = |conn: &mut Connection| {
+            let last_purged: Option<LogId<NodeId>> = read_meta(conn, META_LAST_PURGED, READ_LOGS)?;
+            let sql = "SELECT entry FROM log ORDER BY idx DESC LIMIT 1";
+            let last: Option<Vec<u8>> = conn
+                .query_row(sql, [], |r| r.get(0))
+                .optional()
+                .or_fail(READ_LOGS)?;
+            let last_log_id = match last {
+                Some(blob) => Some(decode::<LogEntry>(&blob, READ_LOGS)?.log_id),
+                None => last_purged,
+            };
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id,
+            })
+        };
+        self.writer.call(READ_LOGS, f).await
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        self.reader.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Res<()> {
+        let (vote, kind): (_, Kind) = (*vote, StorageIOError::write_vote);
+        let f = move |conn: &mut Connection| write_meta(conn, META_VOTE, &vote, kind);
+        self.writer.call(kind, f).await
+    }
+
+    async fn read_vote(&mut self) -> Res<Option<Vote<NodeId>>> {
+        let kind: Kind = StorageIOError::read_vote;
+        let f = move |conn: &mut Connection| read_meta(conn, META_VOTE, kind);
+        self.writer.call(kind, f).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Res<()> {
+        let kind: Kind = StorageIOError::write;
+        let f = move |conn: &mut Connection| write_meta(conn, META_COMMITTED, &committed, kind);
+        self.writer.call(kind, f).await
+    }
+
+    async fn read_committed(&mut self) -> Res<Option<LogId<NodeId>>> {
+        let kind: Kind = StorageIOError::read;
+        let f = move |conn: &mut Connection| {
+            Ok(read_meta::<Option<LogId<NodeId>>>(conn, META_COMMITTED, kind)?.flatten())
+        };
+        self.writer.call(kind, f).await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Res<()>
+    where
+        I: IntoIterator<Item = LogEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<LogEntry> = entries.into_iter().collect();
+        let f = move |conn: &mut Connection| {
+            let result = append_batch(conn, &entries);
+            // Fired only after the commit (fsync) returned, on the writer thread.
+            match &result {
+                Ok(()) => callback.log_io_completed(Ok(())),
+                Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+            }
+            result
+        };
+        self.writer.call(WRITE_LOGS, f).await
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Res<()> {
+        let f = move |conn: &mut Connection| {
+            let sql = "DELETE FROM log WHERE idx >= ?1";
+            conn.execute(sql, [sql_index(log_id.index)])
+                .or_fail(WRITE_LOGS)?;
+            Ok(())
+        };
+        self.writer.call(WRITE_LOGS, f).await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Res<()> {
+        let f = move |conn: &mut Connection| {
+            let tx = conn.transaction().or_fail(WRITE_LOGS)?;
+            write_meta(&tx, META_LAST_PURGED, &log_id, WRITE_LOGS)?;
+            let sql = "DELETE FROM log WHERE idx <= ?1";
+            tx.execute(sql, [sql_index(log_id.index)])
+                .or_fail(WRITE_LOGS)?;
+            tx.commit().or_fail(WRITE_LOGS)
+        };
+        self.writer.call(WRITE_LOGS, f).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::db::raft::Command;
+
+    type Ids = (Option<LogId<NodeId>>, Option<LogId<NodeId>>);
+
+    fn id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 0), index)
+    }
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        let sql = format!("INSERT INTO t VALUES ({index})");
+        let payload = EntryPayload::Normal(Command::Sql { sql });
+        Entry {
+            log_id: id(term, index),
+            payload,
+        }
+    }
+
+    fn entries(from: u64, to: u64) -> Vec<Entry<TypeConfig>> {
+        (from..=to).map(|i| entry(1, i)).collect()
+    }
+
+    /// The indexes present in `range`.
+    async fn ids(store: &mut LogStore, range: std::ops::Range<u64>) -> Vec<u64> {
+        let got = store.try_get_log_entries(range).await.unwrap();
+        got.iter().map(|e| e.log_id.index).collect()
+    }
+
+    /// `(last_purged_log_id, last_log_id)`.
+    async fn state(store: &mut LogStore) -> Ids {
+        let state = store.get_log_state().await.unwrap();
+        (state.last_purged_log_id, state.last_log_id)
+    }
+
+    #[tokio::test]
+    async fn append_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(&dir.path().join("raft.db")).unwrap();
+        assert_eq!(state(&mut store).await, (None, None));
+        assert!(ids(&mut store, 0..10).await.is_empty());
+        store.blocking_append(entries(1, 10)).await.unwrap();
+        let got = store.try_get_log_entries(3..6).await.unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].log_id, id(1, 3));
+        let sql = "INSERT INTO t VALUES (5)".to_string();
+        assert!(
+            matches!(&got[2].payload, EntryPayload::Normal(Command::Sql { sql: s }) if *s == sql)
+        );
+        let mut reader = store.get_log_reader().await;
+        assert_eq!(reader.try_get_log_entries(..).await.unwrap().len(), 10);
+        let last = reader.try_get_log_entries(10..=10).await.unwrap();
+        assert_eq!(last[0].log_id, id(1, 10));
+        assert_eq!(reader.limited_get_log_entries(2, 4).await.unwrap().len(), 2);
+        assert_eq!(state(&mut store).await, (None, Some(id(1, 10))));
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_transaction_and_durable_after_the_callback() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.db");
+        let mut store = LogStore::open(&path).unwrap();
+        let before = store.commits.load(Ordering::SeqCst);
+        // `blocking_append` returns only once the callback has fired.
+        store.blocking_append(entries(1, 1000)).await.unwrap();
+        assert_eq!(store.commits.load(Ordering::SeqCst), before + 1);
+        // Another store on the same file (the first still open) sees every entry.
+        let mut other = LogStore::open(&path).unwrap();
+        let all: Vec<u64> = (1..=1000).collect();
+        assert_eq!(ids(&mut other, 0..2000).await, all);
+        drop((store, other));
+        let mut reopened = LogStore::open(&path).unwrap();
+        assert_eq!(state(&mut reopened).await, (None, Some(id(1, 1000))));
+        assert_eq!(ids(&mut reopened, 500..502).await, vec![500, 501]);
+    }
+
+    #[tokio::test]
+    async fn vote_and_committed_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.db");
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(store.read_vote().await.unwrap(), None);
+        assert_eq!(store.read_committed().await.unwrap(), None);
+        store.save_vote(&Vote::new(3, 7)).await.unwrap();
+        store.save_vote(&Vote::new_committed(4, 7)).await.unwrap();
+        store.save_committed(Some(id(4, 12))).await.unwrap();
+        drop(store);
+        let mut store = LogStore::open(&path).unwrap();
+        let vote = store.read_vote().await.unwrap();
+        assert_eq!(vote, Some(Vote::new_committed(4, 7)));
+        assert_eq!(store.read_committed().await.unwrap(), Some(id(4, 12)));
+        store.save_committed(None).await.unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn truncate_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.db");
+        let mut store = LogStore::open(&path).unwrap();
+        store.blocking_append(entries(0, 10)).await.unwrap();
+
+        store.truncate(id(1, 8)).await.unwrap();
+        assert_eq!(ids(&mut store, 0..100).await, (0..=7).collect::<Vec<_>>());
+        assert_eq!(state(&mut store).await, (None, Some(id(1, 7))));
+        // The log goes on after a truncate with the new term.
+        store.blocking_append(vec![entry(2, 8)]).await.unwrap();
+        assert_eq!(state(&mut store).await, (None, Some(id(2, 8))));
+
+        store.purge(id(1, 4)).await.unwrap();
+        assert_eq!(ids(&mut store, 0..100).await, vec![5, 6, 7, 8]);
+        assert_eq!(ids(&mut store, 2..7).await, vec![5, 6]);
+        let expected = (Some(id(1, 4)), Some(id(2, 8)));
+        assert_eq!(state(&mut store).await, expected);
+        drop(store);
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(state(&mut store).await, expected);
+        assert_eq!(ids(&mut store, 0..100).await, vec![5, 6, 7, 8]);
+
+        // Purging beyond the last entry empties the log; last_log_id falls back to it.
+        store.purge(id(3, 20)).await.unwrap();
+        assert!(ids(&mut store, 0..100).await.is_empty());
+        let expected = (Some(id(3, 20)), Some(id(3, 20)));
+        assert_eq!(state(&mut store).await, expected);
+        drop(store);
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(state(&mut store).await, expected);
+
+        // The log continues after the purged id; truncating it all falls back again.
+        store.blocking_append(vec![entry(3, 21)]).await.unwrap();
+        assert_eq!(ids(&mut store, 0..100).await, vec![21]);
+        assert_eq!(state(&mut store).await, (Some(id(3, 20)), Some(id(3, 21))));
+        store.truncate(id(3, 21)).await.unwrap();
+        assert_eq!(state(&mut store).await, expected);
+    }
+}

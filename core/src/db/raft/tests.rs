@@ -1,0 +1,218 @@
+//! The state machine on its own (apply, conflicts, determinism, crash safety, snapshots), and
+//! openraft's storage conformance suite against our log store and state machine together.
+
+use std::collections::BTreeMap;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
+use rusqlite::Connection;
+use rusqlite::session::Session;
+
+use super::state_machine::StateMachine;
+use super::{Command, CommandResult, MemberNode, TypeConfig};
+
+fn log_id(index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+fn sql(text: &str) -> Command {
+    Command::Sql { sql: text.into() }
+}
+
+const KV: &str = "CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);";
+
+/// Runs `statements` on a scratch database holding `kv` as `rows`, and returns the changeset.
+fn changeset(rows: &[(&str, &str)], statements: &str) -> Vec<u8> {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(KV).unwrap();
+    for (k, v) in rows {
+        conn.execute("INSERT INTO kv VALUES (?1, ?2)", [k, v])
+            .unwrap();
+    }
+    let mut session = Session::new(&conn).unwrap();
+    session.attach(None::<&str>).unwrap();
+    conn.execute_batch(statements).unwrap();
+    let mut out = Vec::new();
+    session.changeset_strm(&mut out).unwrap();
+    out
+}
+
+fn dump(dir: &std::path::Path) -> BTreeMap<String, String> {
+    let conn = Connection::open(dir.join("db.sqlite3")).unwrap();
+    let mut statement = conn.prepare("SELECT k, v FROM kv").unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test]
+async fn changesets_apply_and_conflicts_are_deterministic_no_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let results = sm
+        .apply(vec![
+            entry(1, sql(KV)),
+            entry(
+                2,
+                Command::Changeset {
+                    base: 1,
+                    read_tables: vec![],
+                    changeset: changeset(&[], "INSERT INTO kv VALUES ('a', '1')"),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, CommandResult::Applied { .. })),
+        "{results:?}"
+    );
+
+    // A transaction that read kv at base 1 conflicts: kv was written at 2.
+    let stale = Command::Changeset {
+        base: 1,
+        read_tables: vec!["kv".into()],
+        changeset: changeset(&[("a", "1")], "UPDATE kv SET v = '2' WHERE k = 'a'"),
+    };
+    // A blind write whose old row no longer matches conflicts too.
+    let blind = Command::Changeset {
+        base: 2,
+        read_tables: vec![],
+        changeset: changeset(&[("a", "0")], "UPDATE kv SET v = '3' WHERE k = 'a'"),
+    };
+    // A failing SQL statement is answered, not raised, and leaves nothing behind.
+    let failing = sql("INSERT INTO kv VALUES ('b', '1'); INSERT INTO kv VALUES ('b', '2');");
+    let fresh = Command::Changeset {
+        base: 2,
+        read_tables: vec!["kv".into()],
+        changeset: changeset(&[("a", "1")], "UPDATE kv SET v = '4' WHERE k = 'a'"),
+    };
+    let results = sm
+        .apply(vec![
+            entry(3, stale),
+            entry(4, blind),
+            entry(5, failing),
+            entry(6, fresh),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&results[0], CommandResult::Conflict { reason } if reason.contains("\"kv\"")),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], CommandResult::Conflict { reason } if reason.contains("row changed")),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[2], CommandResult::Failed { message } if message.contains("UNIQUE")),
+        "{results:?}"
+    );
+    assert_eq!(results[3], CommandResult::Applied { rows_affected: 0 });
+    assert_eq!(
+        dump(dir.path()),
+        BTreeMap::from([("a".to_string(), "4".to_string())])
+    );
+
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(6)));
+}
+
+#[tokio::test]
+async fn applied_state_survives_reopen_and_snapshots_install_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let members = std::collections::BTreeMap::from([(
+        1u64,
+        MemberNode {
+            name: "c1".into(),
+            ..Default::default()
+        },
+    )]);
+    let membership = Entry::<TypeConfig> {
+        log_id: log_id(1),
+        payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], members)),
+    };
+    sm.apply(vec![
+        membership,
+        entry(2, sql(KV)),
+        entry(3, sql("INSERT INTO kv VALUES ('x', 'y')")),
+    ])
+    .await
+    .unwrap();
+    drop(sm);
+
+    let mut reopened = StateMachine::open(dir.path()).unwrap();
+    let (applied, membership) = reopened.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(3)));
+    assert_eq!(membership.log_id(), &Some(log_id(1)));
+    assert_eq!(membership.nodes().next().unwrap().1.name, "c1");
+
+    let mut builder = reopened.get_snapshot_builder().await;
+    let snapshot = builder.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(3)));
+
+    // Ship the snapshot file to a fresh member and install it there.
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = StateMachine::open(other_dir.path()).unwrap();
+    let mut incoming = other.begin_receiving_snapshot().await.unwrap();
+    let mut source = snapshot.snapshot;
+    tokio::io::copy(&mut source, &mut *incoming).await.unwrap();
+    other
+        .install_snapshot(&snapshot.meta, incoming)
+        .await
+        .unwrap();
+    let (applied, membership) = other.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(3)));
+    assert_eq!(membership.log_id(), &Some(log_id(1)));
+    assert_eq!(dump(other_dir.path()), dump(dir.path()));
+    let current = other.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.snapshot_id, snapshot.meta.snapshot_id);
+
+    // It keeps applying after the install.
+    let results = other
+        .apply(vec![entry(4, sql("INSERT INTO kv VALUES ('z', 'w')"))])
+        .await
+        .unwrap();
+    assert_eq!(results, vec![CommandResult::Applied { rows_affected: 1 }]);
+    assert_eq!(dump(other_dir.path()).len(), 2);
+}
+
+/// Builds a fresh log store and state machine in a temporary directory for each suite case.
+struct SuiteBuilder;
+
+impl
+    openraft::testing::StoreBuilder<
+        TypeConfig,
+        super::log_store::LogStore,
+        StateMachine,
+        tempfile::TempDir,
+    > for SuiteBuilder
+{
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, super::log_store::LogStore, StateMachine), super::StorageError>
+    {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let log = super::log_store::LogStore::open(&dir.path().join("raft.db"))
+            .expect("open the log store");
+        let state_machine = StateMachine::open(dir.path()).expect("open the state machine");
+        Ok((dir, log, state_machine))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes() {
+    openraft::testing::Suite::test_all(SuiteBuilder).unwrap();
+}
