@@ -22,4 +22,8 @@ echo "== build (once, reused by every test below)"
 cargo build --workspace --all-targets --locked
 
 echo "== tests"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary, the last often empty).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "cargo: %d passed, %d failed\n", passed, failed }' "$log"
