@@ -268,6 +268,23 @@ async fn bad_requests_get_error_envelopes_and_leave_the_daemon_serving() {
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
     assert!(answer.contains(r#""error_code":413"#), "{answer}");
 
+    // A streamed (chunked) body is cut off at the limit too.
+    let mut stream = unix().await;
+    stream
+        .write_all(b"POST /core/control/shutdown HTTP/1.1\r\nHost: unix.socket\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = format!("100000\r\n{}\r\n", " ".repeat(0x100000));
+    for _ in 0..=(super::server::MAX_BODY_BYTES / 0x100000) {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break; // the server stopped reading: it has answered
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+
     // None of that disturbed the daemon.
     let status = member.app.status().await.unwrap();
     assert!(status.ready);
