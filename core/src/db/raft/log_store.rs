@@ -1,6 +1,7 @@
 //! The durable Raft log: a SQLite file of its own (`database/raft.db`).
 //!
-//! Entries live in `log(idx, term, entry)`, keyed by index and encoded with `postcard`; the vote,
+//! Entries live in `log(idx, term, node, entry)`, keyed by index and encoded with `postcard`
+//! (`term` and `node` repeat the entry's log id so it can be read without decoding); the vote,
 //! the committed log id and the last purged log id live in `meta(key, value)`. The file runs with
 //! `journal_mode=WAL` and `synchronous=FULL`: it is the durability point of every write, so a
 //! commit is fsynced before it is acknowledged.
@@ -12,113 +13,32 @@
 //! and answers come back over `tokio::sync::oneshot`. Entries are read from disk on demand,
 //! never cached. Each thread ends when the last handle that can reach it is dropped.
 
-// openraft fixes the error type of the storage traits, and it is large.
-#![allow(clippy::result_large_err)]
-
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{AnyError, Entry, LogId, OptionalSend, StorageIOError, Vote};
+use openraft::{CommittedLeaderId, Entry, LogId, OptionalSend, StorageIOError, Vote};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
 
-use super::{NodeId, StorageError, TypeConfig};
-
-/// A constructor of the I/O error of one subject, such as `StorageIOError::read_logs`.
-type Kind = fn(AnyError) -> StorageIOError<NodeId>;
+use super::sqlite::{Kind, OrFail, Res, Worker, decode, encode, read_meta, write_meta};
+use super::{NodeId, TypeConfig};
 
 const READ_LOGS: Kind = StorageIOError::read_logs;
 const WRITE_LOGS: Kind = StorageIOError::write_logs;
 
-/// The result of a storage operation.
-type Res<T> = Result<T, StorageError>;
-
 /// A Raft log entry of our types.
 type LogEntry = Entry<TypeConfig>;
-
-/// A request to a connection thread.
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// The most bytes of entries one `limited_get_log_entries` call returns (at least one entry).
 const READ_LIMIT_BYTES: usize = 4 << 20;
 
+/// The key-value table of the vote, the committed id and the last purged id.
+const META: &str = "meta";
 const META_VOTE: &str = "vote";
 const META_COMMITTED: &str = "committed";
 const META_LAST_PURGED: &str = "last_purged";
-
-/// A handle to a thread that owns one SQLite connection and runs jobs on it in order.
-#[derive(Clone)]
-struct Worker {
-    tx: mpsc::Sender<Job>,
-}
-
-impl Worker {
-    /// Starts the thread; it ends when every handle to it is dropped.
-    fn spawn(name: &str, conn: Connection) -> std::io::Result<Worker> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let mut conn = conn;
-                while let Ok(job) = rx.recv() {
-                    job(&mut conn);
-                }
-            })?;
-        Ok(Worker { tx })
-    }
-
-    /// Runs `f` on the connection thread and waits for its result without blocking.
-    async fn call<T, F>(&self, kind: Kind, f: F) -> Res<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Res<T> + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let _ = tx.send(f(conn));
-        });
-        let stopped = || StorageError::from(kind(AnyError::error("the Raft log thread stopped")));
-        self.tx.send(job).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
-    }
-}
-
-/// Turns the error of a result into a storage error of the subject `kind`.
-trait OrFail<T> {
-    fn or_fail(self, kind: Kind) -> Res<T>;
-}
-
-impl<T, E: std::error::Error + 'static> OrFail<T> for Result<T, E> {
-    fn or_fail(self, kind: Kind) -> Res<T> {
-        self.map_err(|e| kind(AnyError::new(&e)).into())
-    }
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8], kind: Kind) -> Res<T> {
-    postcard::from_bytes(bytes).or_fail(kind)
-}
-
-fn read_meta<T: DeserializeOwned>(conn: &Connection, key: &str, kind: Kind) -> Res<Option<T>> {
-    let sql = "SELECT value FROM meta WHERE key = ?1";
-    let value: Option<Vec<u8>> = conn
-        .query_row(sql, [key], |r| r.get(0))
-        .optional()
-        .or_fail(kind)?;
-    value.map(|v| decode(&v, kind)).transpose()
-}
-
-fn write_meta<T: Serialize>(conn: &Connection, key: &str, value: &T, kind: Kind) -> Res<()> {
-    let value = postcard::to_allocvec(value).or_fail(kind)?;
-    let sql = "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)";
-    conn.execute(sql, params![key, value]).or_fail(kind)?;
-    Ok(())
-}
 
 /// Converts an index to SQLite's signed integer, saturating at `i64::MAX`.
 fn sql_index(index: u64) -> i64 {
@@ -163,13 +83,19 @@ fn read_entries(
 fn append_batch(conn: &mut Connection, entries: &[LogEntry]) -> Res<()> {
     let tx = conn.transaction().or_fail(WRITE_LOGS)?;
     {
-        let sql = "INSERT OR REPLACE INTO log(idx, term, entry) VALUES (?1, ?2, ?3)";
+        let sql = "INSERT OR REPLACE INTO log(idx, term, node, entry) VALUES (?1, ?2, ?3, ?4)";
         let mut stmt = tx.prepare_cached(sql).or_fail(WRITE_LOGS)?;
         for entry in entries {
-            let (index, term) = (entry.log_id.index, entry.log_id.leader_id.term);
-            let blob = postcard::to_allocvec(entry).or_fail(WRITE_LOGS)?;
-            stmt.execute(params![sql_index(index), sql_index(term), blob])
-                .or_fail(WRITE_LOGS)?;
+            let LogId { leader_id, index } = entry.log_id;
+            let blob = encode(entry, WRITE_LOGS)?;
+            let (index, term, node) = (index, leader_id.term, leader_id.node_id);
+            stmt.execute(params![
+                sql_index(index),
+                sql_index(term),
+                sql_index(node),
+                blob
+            ])
+            .or_fail(WRITE_LOGS)?;
         }
     }
     tx.commit().or_fail(WRITE_LOGS)
@@ -178,7 +104,7 @@ fn append_batch(conn: &mut Connection, entries: &[LogEntry]) -> Res<()> {
 /// A handle that reads log entries from disk; cheap to clone, used by replication tasks.
 #[derive(Clone)]
 pub struct LogReader {
-    reader: Worker,
+    reader: Worker<Connection>,
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -200,7 +126,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
 
 /// The durable Raft log store (`RaftLogStorage`), backed by a SQLite file.
 pub struct LogStore {
-    writer: Worker,
+    writer: Worker<Connection>,
     reader: LogReader,
     /// The number of transactions committed by the writer connection.
     #[cfg(test)]
@@ -226,7 +152,8 @@ impl LogStore {
         conn.execute_batch(
             "PRAGMA synchronous=FULL;
              CREATE TABLE IF NOT EXISTS log(
-                 idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, entry BLOB NOT NULL);
+                 idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, node INTEGER NOT NULL,
+                 entry BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);",
         )
         .map_err(err)?;
@@ -271,14 +198,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Res<LogState<TypeConfig>> {
         let f = |conn: &mut Connection| {
-            let last_purged: Option<LogId<NodeId>> = read_meta(conn, META_LAST_PURGED, READ_LOGS)?;
-            let sql = "SELECT entry FROM log ORDER BY idx DESC LIMIT 1";
-            let last: Option<Vec<u8>> = conn
-                .query_row(sql, [], |r| r.get(0))
+            let last_purged: Option<LogId<NodeId>> =
+                read_meta(conn, META, META_LAST_PURGED, READ_LOGS)?;
+            let sql = "SELECT idx, term, node FROM log ORDER BY idx DESC LIMIT 1";
+            let last = conn
+                .query_row(sql, [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .optional()
                 .or_fail(READ_LOGS)?;
             let last_log_id = match last {
-                Some(blob) => Some(decode::<LogEntry>(&blob, READ_LOGS)?.log_id),
+                Some((index, term, node)) => Some(LogId::new(
+                    CommittedLeaderId::new(term as u64, node as u64),
+                    index as u64,
+                )),
                 None => last_purged,
             };
             Ok(LogState {
@@ -295,26 +232,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Res<()> {
         let (vote, kind): (_, Kind) = (*vote, StorageIOError::write_vote);
-        let f = move |conn: &mut Connection| write_meta(conn, META_VOTE, &vote, kind);
+        let f = move |conn: &mut Connection| write_meta(conn, META, META_VOTE, &vote, kind);
         self.writer.call(kind, f).await
     }
 
     async fn read_vote(&mut self) -> Res<Option<Vote<NodeId>>> {
         let kind: Kind = StorageIOError::read_vote;
-        let f = move |conn: &mut Connection| read_meta(conn, META_VOTE, kind);
+        let f = move |conn: &mut Connection| read_meta(conn, META, META_VOTE, kind);
         self.writer.call(kind, f).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Res<()> {
         let kind: Kind = StorageIOError::write;
-        let f = move |conn: &mut Connection| write_meta(conn, META_COMMITTED, &committed, kind);
+        let f =
+            move |conn: &mut Connection| write_meta(conn, META, META_COMMITTED, &committed, kind);
         self.writer.call(kind, f).await
     }
 
     async fn read_committed(&mut self) -> Res<Option<LogId<NodeId>>> {
         let kind: Kind = StorageIOError::read;
         let f = move |conn: &mut Connection| {
-            Ok(read_meta::<Option<LogId<NodeId>>>(conn, META_COMMITTED, kind)?.flatten())
+            Ok(read_meta::<Option<LogId<NodeId>>>(conn, META, META_COMMITTED, kind)?.flatten())
         };
         self.writer.call(kind, f).await
     }
@@ -350,7 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Res<()> {
         let f = move |conn: &mut Connection| {
             let tx = conn.transaction().or_fail(WRITE_LOGS)?;
-            write_meta(&tx, META_LAST_PURGED, &log_id, WRITE_LOGS)?;
+            write_meta(&tx, META, META_LAST_PURGED, &log_id, WRITE_LOGS)?;
             let sql = "DELETE FROM log WHERE idx <= ?1";
             tx.execute(sql, [sql_index(log_id.index)])
                 .or_fail(WRITE_LOGS)?;

@@ -1,11 +1,15 @@
 //! Raft for the replicated database: the type configuration, the commands carried in the log,
 //! the durable log store and the SQLite state machine.
 
+// openraft fixes the error type of the storage traits (`StorageError`), and it is large.
+#![allow(clippy::result_large_err)]
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 pub mod log_store;
+mod sqlite;
 pub mod state_machine;
 
 #[cfg(test)]

@@ -6,28 +6,40 @@
 //! twice. Each entry runs in its own savepoint: an entry that conflicts or fails is rolled back
 //! alone and answered as such, identically on every member.
 //!
-//! Snapshots are `VACUUM INTO` copies of the database, which carry their own applied state; a
-//! received snapshot is installed by renaming it over the database file.
+//! A snapshot is a `VACUUM INTO` copy of the database (`snapshots/current.db`). It carries its
+//! own applied log id and membership, so its metadata is always read from the file itself. A
+//! received snapshot becomes the current one and is copied over the database file.
 
 use std::collections::BTreeSet;
-use std::io;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{AnyError, EntryPayload, LogId, StorageIOError, StoredMembership};
+use openraft::{EntryPayload, LogId, StorageIOError, StoredMembership};
 use rusqlite::hooks::Action;
 use rusqlite::session::{ConflictAction, ConflictType};
-use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{Command, CommandResult, MemberNode, NodeId, StorageError, TypeConfig};
+use super::sqlite::{Kind, OrFail, Res, Worker, read_meta, write_meta};
+use super::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 
 /// Prefix of the library's own bookkeeping tables inside the state machine database.
 pub const INTERNAL_TABLE_PREFIX: &str = "_microcluster_";
 
 /// The applied state as Raft sees it.
 type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, MemberNode>);
+
+/// Snapshot metadata of our types.
+type Meta = SnapshotMeta<NodeId, MemberNode>;
+
+const READ_SM: Kind = StorageIOError::read_state_machine;
+const WRITE_SM: Kind = StorageIOError::write_state_machine;
+const READ_SNAPSHOT: Kind = |e| StorageIOError::read_snapshot(None, e);
+const WRITE_SNAPSHOT: Kind = |e| StorageIOError::write_snapshot(None, e);
+
+/// The key-value table of the applied log id and the membership.
+const META: &str = "_microcluster_raft";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _microcluster_raft (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
@@ -37,21 +49,29 @@ CREATE TABLE IF NOT EXISTS _microcluster_table_writes (name TEXT PRIMARY KEY NOT
 /// The database file inside the database directory.
 const DB_FILE: &str = "db.sqlite3";
 
-/// The open database and where it lives; only the writer thread touches it.
-struct Db {
-    dir: PathBuf,
-    conn: Connection,
-    /// Tables changed by the entry being applied (filled by the update hook).
-    written: Arc<Mutex<BTreeSet<String>>>,
+/// The current snapshot, and where a received one is written before it is installed.
+const SNAPSHOT_FILE: &str = "snapshots/current.db";
+const RECEIVING_FILE: &str = "snapshots/incoming.db";
+const RECEIVED_FILE: &str = "snapshots/received.db";
+
+/// Tables changed by the entry being applied, filled by the connection's update hook.
+type Written = Arc<Mutex<BTreeSet<String>>>;
+
+/// Empties `written`, returning what it held.
+fn take(written: &Written) -> BTreeSet<String> {
+    std::mem::take(
+        &mut *written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
 }
 
-fn open_connection(
-    path: &Path,
-    written: &Arc<Mutex<BTreeSet<String>>>,
-) -> rusqlite::Result<Connection> {
+fn open_connection(path: &Path, written: &Written) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // Raft's log is the durability point; the state machine is rebuilt from it after a crash.
+    // A process crash loses nothing in WAL mode; after a power loss the entries after the last
+    // checkpoint are applied again from the Raft log, which is fsynced and only purged behind
+    // fsynced snapshots.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
     let written = written.clone();
@@ -66,19 +86,52 @@ fn open_connection(
     Ok(conn)
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    postcard::to_allocvec(value).map_err(io::Error::other)
+/// Reads the applied state stored in a state machine database (live or a snapshot).
+fn read_applied_state(conn: &Connection, kind: Kind) -> Res<AppliedState> {
+    let applied = read_meta(conn, META, "applied", kind)?.flatten();
+    let membership = read_meta(conn, META, "membership", kind)?.unwrap_or_default();
+    Ok((applied, membership))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    postcard::from_bytes(bytes).map_err(io::Error::other)
+/// The metadata of the snapshot file at `path`, read from the file itself.
+fn snapshot_meta(path: &Path, kind: Kind) -> Res<Meta> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).or_fail(kind)?;
+    let (last_log_id, last_membership) = read_applied_state(&conn, kind)?;
+    let snapshot_id = match last_log_id {
+        Some(log_id) => format!(
+            "{}-{}-{}",
+            log_id.leader_id.term, log_id.leader_id.node_id, log_id.index
+        ),
+        None => "0-0-0".to_string(),
+    };
+    Ok(Meta {
+        last_log_id,
+        last_membership,
+        snapshot_id,
+    })
+}
+
+/// Flushes a file, then the directory holding it, so a rename into it is durable.
+fn sync_file_and_dir(path: &Path, kind: Kind) -> Res<()> {
+    File::open(path)
+        .and_then(|file| file.sync_all())
+        .or_fail(kind)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir).and_then(|dir| dir.sync_all()).or_fail(kind)
+}
+
+/// The open database and where it lives; only the writer thread touches it.
+struct Db {
+    dir: PathBuf,
+    conn: Connection,
+    written: Written,
 }
 
 impl Db {
-    fn open(dir: &Path) -> io::Result<Db> {
-        std::fs::create_dir_all(dir.join("snapshots"))?;
-        let written = Arc::new(Mutex::new(BTreeSet::new()));
-        let conn = open_connection(&dir.join(DB_FILE), &written).map_err(io::Error::other)?;
+    fn open(dir: &Path) -> Res<Db> {
+        std::fs::create_dir_all(dir.join("snapshots")).or_fail(WRITE_SM)?;
+        let written = Written::default();
+        let conn = open_connection(&dir.join(DB_FILE), &written).or_fail(WRITE_SM)?;
         Ok(Db {
             dir: dir.to_path_buf(),
             conn,
@@ -86,48 +139,9 @@ impl Db {
         })
     }
 
-    fn meta<T: serde::de::DeserializeOwned>(conn: &Connection, key: &str) -> io::Result<Option<T>> {
-        let bytes: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT value FROM _microcluster_raft WHERE key = ?1",
-                [key],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(io::Error::other)?;
-        bytes.map(|bytes| decode(&bytes)).transpose()
-    }
-
-    fn set_meta<T: serde::Serialize>(conn: &Connection, key: &str, value: &T) -> io::Result<()> {
-        conn.execute(
-            "INSERT OR REPLACE INTO _microcluster_raft (key, value) VALUES (?1, ?2)",
-            params![key, encode(value)?],
-        )
-        .map_err(io::Error::other)?;
-        Ok(())
-    }
-
-    fn applied_state(&self) -> io::Result<AppliedState> {
-        let applied = Db::meta(&self.conn, "applied")?.flatten();
-        let membership = Db::meta(&self.conn, "membership")?.unwrap_or_default();
-        Ok((applied, membership))
-    }
-
-    fn take_written(&self) -> BTreeSet<String> {
-        std::mem::take(
-            &mut *self
-                .written
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
-    }
-
     /// Applies a batch in one transaction; each entry in its own savepoint.
-    fn apply(
-        &mut self,
-        entries: Vec<openraft::Entry<TypeConfig>>,
-    ) -> io::Result<Vec<CommandResult>> {
-        let tx = self.conn.transaction().map_err(io::Error::other)?;
+    fn apply(&mut self, entries: Vec<openraft::Entry<TypeConfig>>) -> Res<Vec<CommandResult>> {
+        let tx = self.conn.transaction().or_fail(WRITE_SM)?;
         let mut results = Vec::with_capacity(entries.len());
         let mut last = None;
         for entry in entries {
@@ -135,32 +149,21 @@ impl Db {
             let result = match entry.payload {
                 EntryPayload::Blank => CommandResult::Applied { rows_affected: 0 },
                 EntryPayload::Membership(membership) => {
-                    Db::set_meta(
-                        &tx,
-                        "membership",
-                        &StoredMembership::new(Some(entry.log_id), membership),
-                    )?;
+                    let stored = StoredMembership::new(Some(entry.log_id), membership);
+                    write_meta(&tx, META, "membership", &stored, WRITE_SM)?;
                     CommandResult::Applied { rows_affected: 0 }
                 }
                 EntryPayload::Normal(command) => {
-                    self.written
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .clear();
+                    take(&self.written);
                     let result = apply_command(&tx, index, &command)?;
-                    let written = std::mem::take(
-                        &mut *self
-                            .written
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner()),
-                    );
+                    let written = take(&self.written);
                     if matches!(result, CommandResult::Applied { .. }) {
                         for table in written {
                             tx.execute(
                                 "INSERT OR REPLACE INTO _microcluster_table_writes (name, idx) VALUES (?1, ?2)",
                                 params![table, index as i64],
                             )
-                            .map_err(io::Error::other)?;
+                            .or_fail(WRITE_SM)?;
                         }
                     }
                     result
@@ -170,94 +173,76 @@ impl Db {
             results.push(result);
         }
         if let Some(log_id) = last {
-            Db::set_meta(&tx, "applied", &Some(log_id))?;
+            write_meta(&tx, META, "applied", &Some(log_id), WRITE_SM)?;
         }
-        tx.commit().map_err(io::Error::other)?;
-        self.take_written();
+        tx.commit().or_fail(WRITE_SM)?;
         Ok(results)
     }
 
-    /// Writes a snapshot of the current state and returns its metadata and file.
-    fn build_snapshot(&self) -> io::Result<(SnapshotMeta<NodeId, MemberNode>, PathBuf)> {
-        let (last_log_id, last_membership) = self.applied_state()?;
-        let snapshot_id = match last_log_id {
-            Some(log_id) => format!(
-                "{}-{}-{}",
-                log_id.leader_id.term, log_id.leader_id.node_id, log_id.index
-            ),
-            None => "0-0-0".to_string(),
-        };
-        let dir = self.dir.join("snapshots");
-        let temp = dir.join(format!("{snapshot_id}.tmp"));
-        let _ = std::fs::remove_file(&temp);
+    /// Makes a snapshot of the current state the current snapshot.
+    fn build_snapshot(&self) -> Res<()> {
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let temp = path.with_extension("db.tmp");
+        if let Err(err) = std::fs::remove_file(&temp)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(err).or_fail(WRITE_SNAPSHOT);
+        }
         self.conn
             .execute("VACUUM main INTO ?1", [temp.to_string_lossy()])
-            .map_err(io::Error::other)?;
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id,
-        };
-        let path = dir.join("current.db");
-        std::fs::rename(&temp, &path)?;
-        crate::state_dir::write_atomic(&dir.join("current.meta"), &encode(&meta)?, 0o600)
-            .map_err(io::Error::other)?;
-        sync_dir(&dir)?;
-        Ok((meta, path))
+            .or_fail(WRITE_SNAPSHOT)?;
+        File::open(&temp)
+            .and_then(|file| file.sync_all())
+            .or_fail(WRITE_SNAPSHOT)?;
+        std::fs::rename(&temp, &path).or_fail(WRITE_SNAPSHOT)?;
+        sync_file_and_dir(&path, WRITE_SNAPSHOT)
     }
 
-    /// Replaces the database with the snapshot at `received`, keeping a copy as the current
-    /// snapshot.
-    fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, MemberNode>,
-        received: &Path,
-    ) -> io::Result<()> {
-        let snapshot: AppliedState = {
-            let conn = Connection::open(received).map_err(io::Error::other)?;
-            (
-                Db::meta(&conn, "applied")?.flatten(),
-                Db::meta(&conn, "membership")?.unwrap_or_default(),
-            )
-        };
-        if snapshot.0 != meta.last_log_id {
-            return Err(io::Error::other(format!(
+    /// Installs the snapshot written to [`RECEIVED_FILE`], after checking that it holds the
+    /// state `meta` announces: it becomes the current snapshot, and a copy of it the database.
+    fn install_snapshot(&mut self, meta: &Meta) -> Res<()> {
+        let received = self.dir.join(RECEIVED_FILE);
+        let found = snapshot_meta(&received, WRITE_SNAPSHOT)?;
+        if found.last_log_id != meta.last_log_id {
+            let message = format!(
                 "snapshot {} holds applied log id {:?}, not {:?}",
-                meta.snapshot_id, snapshot.0, meta.last_log_id
-            )));
+                meta.snapshot_id, found.last_log_id, meta.last_log_id
+            );
+            return Err(std::io::Error::other(message)).or_fail(WRITE_SNAPSHOT);
         }
-        let dir = self.dir.join("snapshots");
-        let current = dir.join("current.db");
-        std::fs::copy(received, dir.join("current.db.tmp"))?;
-        std::fs::rename(dir.join("current.db.tmp"), &current)?;
-        crate::state_dir::write_atomic(&dir.join("current.meta"), &encode(meta)?, 0o600)
-            .map_err(io::Error::other)?;
+        let current = self.dir.join(SNAPSHOT_FILE);
+        std::fs::rename(&received, &current).or_fail(WRITE_SNAPSHOT)?;
+        sync_file_and_dir(&current, WRITE_SNAPSHOT)?;
 
-        // Close the database, move the snapshot into its place, and reopen.
-        let placeholder = Connection::open_in_memory().map_err(io::Error::other)?;
-        drop(std::mem::replace(&mut self.conn, placeholder));
         let db_path = self.dir.join(DB_FILE);
+        let temp = db_path.with_extension("sqlite3.tmp");
+        std::fs::copy(&current, &temp).or_fail(WRITE_SNAPSHOT)?;
+        File::open(&temp)
+            .and_then(|file| file.sync_all())
+            .or_fail(WRITE_SNAPSHOT)?;
+        // Close the database, move the copy into its place, and reopen.
+        let placeholder = Connection::open_in_memory().or_fail(WRITE_SNAPSHOT)?;
+        drop(std::mem::replace(&mut self.conn, placeholder));
         for suffix in ["-wal", "-shm"] {
             let _ = std::fs::remove_file(self.dir.join(format!("{DB_FILE}{suffix}")));
         }
-        std::fs::rename(received, &db_path)?;
-        sync_dir(&self.dir)?;
-        self.conn = open_connection(&db_path, &self.written).map_err(io::Error::other)?;
+        std::fs::rename(&temp, &db_path).or_fail(WRITE_SNAPSHOT)?;
+        sync_file_and_dir(&db_path, WRITE_SNAPSHOT)?;
+        self.conn = open_connection(&db_path, &self.written).or_fail(WRITE_SNAPSHOT)?;
         Ok(())
     }
 
-    fn current_snapshot(&self) -> io::Result<Option<(SnapshotMeta<NodeId, MemberNode>, PathBuf)>> {
-        let dir = self.dir.join("snapshots");
-        match std::fs::read(dir.join("current.meta")) {
-            Ok(bytes) => Ok(Some((decode(&bytes)?, dir.join("current.db")))),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(err),
-        }
+    /// The current snapshot's metadata and an open handle on it, taken together so a newer
+    /// snapshot cannot slip in between.
+    fn current_snapshot(&self) -> Res<Option<(Meta, File)>> {
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err).or_fail(READ_SNAPSHOT),
+        };
+        Ok(Some((snapshot_meta(&path, READ_SNAPSHOT)?, file)))
     }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Applies one command inside a savepoint. Conflicts and SQL failures roll the savepoint back
@@ -266,7 +251,7 @@ fn apply_command(
     tx: &rusqlite::Transaction<'_>,
     index: u64,
     command: &Command,
-) -> io::Result<CommandResult> {
+) -> Res<CommandResult> {
     if let Command::Changeset {
         base, read_tables, ..
     } = command
@@ -279,7 +264,7 @@ fn apply_command(
                     |row| row.get(0),
                 )
                 .optional()
-                .map_err(io::Error::other)?;
+                .or_fail(WRITE_SM)?;
             if let Some(last_write) = last_write.filter(|&idx| idx as u64 > *base) {
                 return Ok(CommandResult::Conflict {
                     reason: format!(
@@ -289,8 +274,7 @@ fn apply_command(
             }
         }
     }
-    tx.execute_batch("SAVEPOINT entry")
-        .map_err(io::Error::other)?;
+    tx.execute_batch("SAVEPOINT entry").or_fail(WRITE_SM)?;
     let outcome = match command {
         Command::Sql { sql } => {
             let before = tx.total_changes();
@@ -331,7 +315,7 @@ fn apply_command(
         CommandResult::Applied { .. } => "RELEASE entry",
         _ => "ROLLBACK TO entry; RELEASE entry",
     };
-    tx.execute_batch(finish).map_err(io::Error::other)?;
+    tx.execute_batch(finish).or_fail(WRITE_SM)?;
     Ok(outcome)
 }
 
@@ -346,185 +330,118 @@ fn conflict_name(kind: ConflictType) -> String {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Db) + Send>;
-
 /// The state machine handed to openraft. Cloning shares the writer thread.
 #[derive(Clone)]
 pub struct StateMachine {
-    jobs: mpsc::Sender<Job>,
+    db: Worker<Db>,
     dir: PathBuf,
 }
 
 impl StateMachine {
     /// Opens (or creates) the state machine database in `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> crate::Result<StateMachine> {
-        let mut db = Db::open(dir).map_err(|err| {
+        let failed = |err: &dyn std::fmt::Display| {
             crate::Error::internal(format!("Failed to open the database in {dir:?}: {err}"))
-        })?;
-        let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("microcluster-db".into())
-            .spawn(move || {
-                for job in queue {
-                    job(&mut db);
-                }
-            })
-            .map_err(|err| {
-                crate::Error::internal(format!("Failed to start the database thread: {err}"))
-            })?;
+        };
+        let db = Db::open(dir).map_err(|err| failed(&err))?;
+        let db = Worker::spawn("microcluster-db", db).map_err(|err| failed(&err))?;
         Ok(StateMachine {
-            jobs,
+            db,
             dir: dir.to_path_buf(),
         })
     }
 
-    /// Runs `work` on the writer thread and returns its result.
-    async fn call<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Db) -> io::Result<T> + Send + 'static,
-    ) -> io::Result<T> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move |db| {
-                let _ = reply.send(work(db));
-            }))
-            .map_err(|_| io::Error::other("the database thread has stopped"))?;
-        answer
-            .await
-            .map_err(|_| io::Error::other("the database thread has stopped"))?
+    /// The current snapshot, opened for reading; with `build`, a new one is made first, in the
+    /// same job so no other snapshot can replace it in between.
+    async fn current_snapshot(&self, build: bool) -> Res<Option<Snapshot<TypeConfig>>> {
+        let kind = if build { WRITE_SNAPSHOT } else { READ_SNAPSHOT };
+        let current = self
+            .db
+            .call(kind, move |db| {
+                if build {
+                    db.build_snapshot()?;
+                }
+                db.current_snapshot()
+            })
+            .await?;
+        Ok(current.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
     }
 }
 
-fn sm_read_error(err: io::Error) -> StorageError {
-    StorageIOError::read_state_machine(AnyError::new(&err)).into()
-}
-
-fn sm_write_error(err: io::Error) -> StorageError {
-    StorageIOError::write_state_machine(AnyError::new(&err)).into()
-}
-
-fn snapshot_error(err: io::Error) -> StorageError {
-    StorageIOError::write_snapshot(None, AnyError::new(&err)).into()
-}
-
-async fn open_snapshot(
-    meta: SnapshotMeta<NodeId, MemberNode>,
-    path: PathBuf,
-) -> Result<Snapshot<TypeConfig>, StorageError> {
-    let file = tokio::fs::File::open(&path).await.map_err(|err| {
-        StorageError::from(StorageIOError::read_snapshot(
-            Some(meta.signature()),
-            AnyError::new(&err),
-        ))
-    })?;
-    Ok(Snapshot {
-        meta,
-        snapshot: Box::new(file),
-    })
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, path) = self
-            .call(|db| db.build_snapshot())
-            .await
-            .map_err(snapshot_error)?;
-        open_snapshot(meta, path).await
+    async fn build_snapshot(&mut self) -> Res<Snapshot<TypeConfig>> {
+        self.current_snapshot(true).await?.ok_or_else(|| {
+            let missing = std::io::Error::other("the snapshot just built is missing");
+            StorageIOError::write_snapshot(None, openraft::AnyError::new(&missing)).into()
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(&mut self) -> Result<AppliedState, StorageError> {
-        self.call(|db| db.applied_state())
+    async fn applied_state(&mut self) -> Res<AppliedState> {
+        self.db
+            .call(READ_SM, |db| read_applied_state(&db.conn, READ_SM))
             .await
-            .map_err(sm_read_error)
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Res<Vec<CommandResult>>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        self.call(move |db| db.apply(entries))
-            .await
-            .map_err(sm_write_error)
+        self.db.call(WRITE_SM, move |db| db.apply(entries)).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Res<Box<tokio::fs::File>> {
         // Readable too: install_snapshot reads the received data back from this handle.
-        let path = self.dir.join("snapshots").join("incoming.db");
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
+            .open(self.dir.join(RECEIVING_FILE))
             .await
-            .map_err(snapshot_error)?;
+            .or_fail(WRITE_SNAPSHOT)?;
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, MemberNode>,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<tokio::fs::File>) -> Res<()> {
         // The data may come in any file handle (openraft's own tests hand over another
         // member's snapshot file): copy it from its start into a file of our own.
         let mut source = *snapshot;
-        let received = self.dir.join("snapshots").join("installing.db");
+        let received = self.dir.join(RECEIVED_FILE);
         let copied = async {
-            let step = |what: &'static str| {
-                move |err: io::Error| io::Error::new(err.kind(), format!("{what}: {err}"))
-            };
-            tokio::io::AsyncWriteExt::flush(&mut source)
-                .await
-                .map_err(step("flush the received snapshot"))?;
-            tokio::io::AsyncSeekExt::seek(&mut source, std::io::SeekFrom::Start(0))
-                .await
-                .map_err(step("rewind the received snapshot"))?;
-            let mut target = tokio::fs::File::create(&received)
-                .await
-                .map_err(step("create the snapshot copy"))?;
-            tokio::io::copy(&mut source, &mut target)
-                .await
-                .map_err(step("copy the received snapshot"))?;
-            tokio::io::AsyncWriteExt::flush(&mut target)
-                .await
-                .map_err(step("flush the snapshot copy"))?;
-            target
-                .sync_all()
-                .await
-                .map_err(step("sync the snapshot copy"))
+            tokio::io::AsyncWriteExt::flush(&mut source).await?;
+            tokio::io::AsyncSeekExt::seek(&mut source, std::io::SeekFrom::Start(0)).await?;
+            let mut target = tokio::fs::File::create(&received).await?;
+            tokio::io::copy(&mut source, &mut target).await?;
+            tokio::io::AsyncWriteExt::flush(&mut target).await
         };
-        copied.await.map_err(snapshot_error)?;
-        let incoming = self.dir.join("snapshots").join("incoming.db");
-        if let Err(err) = tokio::fs::remove_file(&incoming).await
-            && err.kind() != io::ErrorKind::NotFound
+        copied.await.or_fail(WRITE_SNAPSHOT)?;
+        drop(source);
+        let receiving = self.dir.join(RECEIVING_FILE);
+        if let Err(err) = tokio::fs::remove_file(&receiving).await
+            && err.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!("Failed to remove {incoming:?}: {err}");
+            tracing::warn!("Failed to remove {receiving:?}: {err}");
         }
         let meta = meta.clone();
-        self.call(move |db| db.install_snapshot(&meta, &received))
+        self.db
+            .call(WRITE_SNAPSHOT, move |db| db.install_snapshot(&meta))
             .await
-            .map_err(snapshot_error)
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        match self
-            .call(|db| db.current_snapshot())
-            .await
-            .map_err(snapshot_error)?
-        {
-            Some((meta, path)) => Ok(Some(open_snapshot(meta, path).await?)),
-            None => Ok(None),
-        }
+    async fn get_current_snapshot(&mut self) -> Res<Option<Snapshot<TypeConfig>>> {
+        self.current_snapshot(false).await
     }
 }

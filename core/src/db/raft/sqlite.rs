@@ -1,0 +1,118 @@
+//! SQLite plumbing shared by the log store and the state machine: the thread that owns a
+//! connection (SQLite never runs on the async executor), key-value metadata encoded with
+//! `postcard`, and the mapping of failures to openraft's storage errors.
+
+use std::sync::mpsc;
+
+use openraft::{AnyError, StorageIOError};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use super::{NodeId, StorageError};
+
+/// The constructor of the storage error of one subject, such as `StorageIOError::read_logs`.
+pub(super) type Kind = fn(AnyError) -> StorageIOError<NodeId>;
+
+/// The result of a storage operation.
+pub(super) type Res<T> = Result<T, StorageError>;
+
+/// Turns the error of a result into a storage error of the subject `kind`.
+pub(super) trait OrFail<T> {
+    /// Maps the error with `kind`.
+    fn or_fail(self, kind: Kind) -> Res<T>;
+}
+
+impl<T, E: std::error::Error + 'static> OrFail<T> for Result<T, E> {
+    fn or_fail(self, kind: Kind) -> Res<T> {
+        self.map_err(|e| kind(AnyError::new(&e)).into())
+    }
+}
+
+/// Encodes a value stored by the library (entries, metadata).
+pub(super) fn encode<T: Serialize>(value: &T, kind: Kind) -> Res<Vec<u8>> {
+    postcard::to_allocvec(value).or_fail(kind)
+}
+
+/// Decodes a value stored by [`encode`].
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], kind: Kind) -> Res<T> {
+    postcard::from_bytes(bytes).or_fail(kind)
+}
+
+/// Reads `key` of the key-value table `table` (a constant of ours, never user input).
+pub(super) fn read_meta<T: DeserializeOwned>(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    kind: Kind,
+) -> Res<Option<T>> {
+    let sql = format!("SELECT value FROM {table} WHERE key = ?1");
+    let value: Option<Vec<u8>> = conn
+        .query_row(&sql, [key], |row| row.get(0))
+        .optional()
+        .or_fail(kind)?;
+    value.map(|value| decode(&value, kind)).transpose()
+}
+
+/// Writes `key` of the key-value table `table` (a constant of ours, never user input).
+pub(super) fn write_meta<T: Serialize>(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    value: &T,
+    kind: Kind,
+) -> Res<()> {
+    let sql = format!("INSERT OR REPLACE INTO {table} (key, value) VALUES (?1, ?2)");
+    conn.execute(&sql, params![key, encode(value, kind)?])
+        .or_fail(kind)?;
+    Ok(())
+}
+
+/// A job for the thread that owns `S`.
+type Job<S> = Box<dyn FnOnce(&mut S) + Send>;
+
+/// A handle to a thread that owns `S` (a connection, or a database around one) and runs jobs
+/// on it in order. The thread ends when every handle is dropped.
+pub(super) struct Worker<S> {
+    jobs: mpsc::Sender<Job<S>>,
+}
+
+impl<S> Clone for Worker<S> {
+    fn clone(&self) -> Self {
+        Worker {
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
+impl<S: Send + 'static> Worker<S> {
+    /// Starts the thread named `name`, owning `state`.
+    pub fn spawn(name: &str, mut state: S) -> std::io::Result<Worker<S>> {
+        let (jobs, queue) = mpsc::channel::<Job<S>>();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                for job in queue {
+                    job(&mut state);
+                }
+            })?;
+        Ok(Worker { jobs })
+    }
+
+    /// Runs `f` on the thread and awaits its result without blocking the executor; a stopped
+    /// thread is a storage error of the subject `kind`.
+    pub async fn call<T, F>(&self, kind: Kind, f: F) -> Res<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut S) -> Res<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job<S> = Box::new(move |state| {
+            let _ = reply.send(f(state));
+        });
+        let stopped = || StorageError::from(kind(AnyError::error("the database thread stopped")));
+        self.jobs.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
