@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: builds microd and microctl, starts a member on a temporary state directory, waits
-# until it is ready, shows its status, and shuts it down.
+# The demo: builds microd and microctl, starts three members on temporary state directories and
+# free loopback ports, bootstraps a cluster on the first, joins the other two with tokens,
+# writes through one member and reads back on every member, then shuts everything down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked --bin microd --bin microctl
@@ -8,13 +9,31 @@ bin=target/debug
 state=$(mktemp -d -t microcluster-demo.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$state"' EXIT
 
-echo "+ microd --state-dir $state/c1 &"
-$bin/microd --state-dir "$state/c1" --heartbeat 2s &
-echo "+ microctl --state-dir $state/c1 waitready --timeout 60"
-$bin/microctl --state-dir "$state/c1" waitready --timeout 60
-echo "+ microctl --state-dir $state/c1 status"
-$bin/microctl --state-dir "$state/c1" status
-echo "+ microctl --state-dir $state/c1 shutdown"
-$bin/microctl --state-dir "$state/c1" shutdown
+# Three free TCP ports on 127.0.0.1.
+read -r -a ports <<<"$(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+
+run() { echo "+ $*" | sed "s|$state|\$STATE|g; s|$bin/||"; "$@"; }
+ctl() { local member=$1; shift; run $bin/microctl --state-dir "$state/$member" "$@"; }
+
+for i in 1 2 3; do
+  echo "+ microd --state-dir \$STATE/c$i &"
+  $bin/microd --state-dir "$state/c$i" --heartbeat 2s 2>"$state/c$i.log" &
+done
+for i in 1 2 3; do ctl c$i waitready --timeout 60; done
+
+ctl c1 init c1 "127.0.0.1:${ports[0]}" --bootstrap
+for i in 2 3; do
+  token=$($bin/microctl --state-dir "$state/c1" tokens add "c$i")
+  echo "+ microctl --state-dir \$STATE/c1 tokens add c$i   # -> ${token:0:24}…"
+  ctl c$i init "c$i" "127.0.0.1:${ports[$((i - 1))]}" --token "$token"
+done
+ctl c2 cluster list
+ctl c3 sql "INSERT INTO extended_table (key, value) VALUES ('greeting', 'hello from c3'), ('when', datetime('now'))"
+for i in 1 2 3; do ctl c$i sql "SELECT key, value FROM extended_table ORDER BY key"; done
+for i in 1 2 3; do ctl c$i shutdown; done
 wait
-echo "microd stopped; control socket removed: $([ -e "$state/c1/control.socket" ] && echo no || echo yes)"
+echo "Demo finished: three members bootstrapped, joined, replicated and stopped cleanly."

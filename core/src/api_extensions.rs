@@ -45,9 +45,42 @@ pub fn registry(external: &[String]) -> Result<Vec<String>> {
     Ok(all)
 }
 
+/// Checks that two registries are exactly equal, in order (SPEC §11.4).
+pub fn compare(source: &[String], target: &[String]) -> Result<()> {
+    if source.len() != target.len() {
+        return Err(Error::invalid(format!(
+            "The source ({}) and target ({}) registries have different number of extensions",
+            source.len(),
+            target.len()
+        )));
+    }
+    if source != target {
+        return Err(Error::invalid(
+            "The source and target registries have different extensions",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registries_compare_by_exact_order() {
+        let a = registry(&["x".into(), "y".into()]).unwrap();
+        let b = registry(&["y".into(), "x".into()]).unwrap();
+        let c = registry(&["x".into()]).unwrap();
+        assert!(compare(&a, &a).is_ok());
+        assert_eq!(
+            compare(&a, &b).unwrap_err().message(),
+            "The source and target registries have different extensions"
+        );
+        assert_eq!(
+            compare(&a, &c).unwrap_err().message(),
+            "The source (4) and target (3) registries have different number of extensions"
+        );
+    }
 
     #[test]
     fn names_are_validated() {

@@ -37,6 +37,10 @@ pub struct DaemonArgs {
     pub heartbeat_interval: Duration,
     /// The application's API extensions, in order (SPEC §11.4).
     pub api_extensions: Vec<String>,
+    /// The application's schema updates, SQL scripts in order (SPEC §11.3).
+    pub schema_updates: Vec<String>,
+    /// Raft timings and log compaction; the defaults suit most clusters.
+    pub raft: crate::db::RaftSettings,
 }
 
 /// One cluster member: its state directory and, while [`App::start`] runs, its daemon.

@@ -92,6 +92,19 @@ pub fn generate(name: &str) -> Result<CertKeyPair> {
     })
 }
 
+/// A DER certificate as a PEM `CERTIFICATE` block.
+pub fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
 /// The fingerprint of a DER certificate: lowercase hex SHA-256, 64 characters.
 pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, der))

@@ -30,6 +30,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `User-Agent` that marks a request as a cluster notification (SPEC §5.7).
 pub const NOTIFIER_USER_AGENT: &str = "lxd-cluster-notifier";
 
+/// The content type of raw binary bodies (the Raft transport).
+const BINARY_CONTENT_TYPE: &str = "application/octet-stream";
+
 /// Idle connections kept per client.
 const MAX_IDLE_CONNECTIONS: usize = 8;
 
@@ -157,37 +160,64 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<T> {
-        let target = self.inner.target.describe();
-        let exchange = self.exchange(method.clone(), path, body);
-        let (status, bytes) = tokio::time::timeout(self.inner.timeout, exchange)
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "Timed out after {:?} waiting for {method} {path} on {target}",
-                        self.inner.timeout
-                    ),
-                )
-            })??;
+        let body = body
+            .map(|body| Bytes::from(body.to_string()))
+            .unwrap_or_default();
+        let (status, bytes) = self
+            .exchange(method, path, "application/json", body, self.inner.timeout)
+            .await?;
         decode(status, &bytes)
     }
 
+    /// Sends `POST path` with a raw binary body (the Raft transport, SPEC §5.9) and returns the
+    /// raw answer, within `timeout`. An error answer (a JSON envelope) becomes an [`Error`].
+    pub async fn post_binary(&self, path: &str, body: Bytes, timeout: Duration) -> Result<Bytes> {
+        let (status, bytes) = self
+            .exchange(Method::POST, path, BINARY_CONTENT_TYPE, body, timeout)
+            .await?;
+        match status {
+            StatusCode::OK => Ok(bytes),
+            _ => decode::<Value>(status, &bytes).and_then(|_| {
+                Err(Error::internal(format!(
+                    "Unexpected success envelope with HTTP {status} from {}",
+                    self.inner.target.describe()
+                )))
+            }),
+        }
+    }
+
+    /// One request and its answer, within `timeout`.
     async fn exchange(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        content_type: &'static str,
+        body: Bytes,
+        timeout: Duration,
     ) -> Result<(StatusCode, Bytes)> {
-        let body = body
-            .map(|body| Bytes::from(body.to_string()))
-            .unwrap_or_default();
+        let target = self.inner.target.describe();
+        let exchange = self.exchange_unbounded(method.clone(), path, content_type, body);
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!("Timed out after {timeout:?} waiting for {method} {path} on {target}"),
+            )
+        })?
+    }
+
+    async fn exchange_unbounded(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes)> {
         let build = || -> Result<hyper::Request<Full<Bytes>>> {
             let mut builder = hyper::Request::builder()
                 .method(method.clone())
                 .uri(path)
                 .header(HOST, self.inner.target.host())
-                .header(CONTENT_TYPE, "application/json");
+                .header(CONTENT_TYPE, content_type);
             if let Some(agent) = &self.inner.user_agent {
                 builder = builder.header(USER_AGENT, agent.clone());
             }

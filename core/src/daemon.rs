@@ -11,6 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::DaemonArgs;
 use crate::certs;
+use crate::client::Client;
+use crate::db::raft::network::PeerCredentials;
+use crate::db::{self, Database, RaftSettings};
 use crate::member_config::MemberConfig;
 use crate::rest::{endpoints, router::Router, server, tls};
 use crate::state_dir::StateDir;
@@ -74,11 +77,23 @@ enum Phase {
     ShuttingDown,
 }
 
+/// How long start-up waits for the database to come online before it continues anyway
+/// (SPEC §7.5).
+const DATABASE_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long to wait before trying again to bring the database online.
+const DATABASE_RETRY: Duration = Duration::from_secs(1);
+
 /// Everything the handlers of one running daemon share.
 pub(crate) struct Daemon {
     pub state_dir: StateDir,
     pub version: String,
     pub extensions: Vec<String>,
+    /// The application's schema updates (SQL text), in order.
+    pub schema_updates: Vec<String>,
+    /// Raft timings and compaction.
+    pub raft_settings: RaftSettings,
+    db: RwLock<Option<Arc<Database>>>,
     pub truststore: Truststore,
     pub router: Router,
     member: RwLock<Option<MemberConfig>>,
@@ -88,6 +103,13 @@ pub(crate) struct Daemon {
     /// Cancelled to stop the network listeners and background tasks (not the control socket).
     services: CancellationToken,
     service_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The services that exist while the member is initialised (core listener, database
+    /// tasks), stopped and replaced by a reset.
+    member_services: Mutex<(CancellationToken, Vec<JoinHandle<()>>)>,
+    /// Serialises bootstrap, join and reset on this member.
+    pub init_lock: tokio::sync::Mutex<()>,
+    /// Serialises Raft membership changes on this member while it leads.
+    pub membership_lock: tokio::sync::Mutex<()>,
     finish: Mutex<Option<oneshot::Sender<oneshot::Receiver<()>>>>,
 }
 
@@ -114,6 +136,94 @@ impl Daemon {
             .database
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets the state of the database.
+    pub fn set_database_state(&self, state: DatabaseState) {
+        *self
+            .database
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+    }
+
+    /// The database, in whatever state it is (the Raft transport serves it while it starts);
+    /// 503 with the state text when there is none.
+    pub fn database(&self) -> Result<Arc<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| Error::unavailable(self.database_state().text()))
+    }
+
+    /// The database once it is online; else 503 with the state text (SPEC §5.8).
+    pub fn online_database(&self) -> Result<Arc<Database>> {
+        self.database_state().require_open()?;
+        self.database()
+    }
+
+    /// Starts Raft on this member's database directory: with a new Raft identity when `create`
+    /// (bootstrap, join), else the persisted one.
+    pub async fn open_database(&self, create: bool) -> Result<Arc<Database>> {
+        let identity_path = self.state_dir.raft_identity();
+        let id = match create {
+            true => db::identity::create(&identity_path)?,
+            false => db::identity::load(&identity_path)?,
+        };
+        let identity =
+            certs::load_pair(&self.state_dir.server_cert(), &self.state_dir.server_key())?;
+        let cluster_cert_pem = std::fs::read_to_string(self.state_dir.cluster_cert())
+            .map_err(|err| Error::from(err).context("Failed to read the cluster certificate: "))?;
+        let credentials = PeerCredentials {
+            identity,
+            cluster_cert_pem,
+        };
+        let database = Arc::new(
+            Database::open(
+                &self.state_dir.database_dir(),
+                id,
+                credentials,
+                self.raft_settings.clone(),
+            )
+            .await?,
+        );
+        *self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(database.clone());
+        Ok(database)
+    }
+
+    /// Brings the database online: waits for a leader, applies missing schema updates, and
+    /// sets the state to online. Tries again until it succeeds or the daemon stops.
+    fn spawn_database_start(self: &Arc<Self>, database: Arc<Database>) -> watch::Receiver<bool> {
+        let (online_tx, online) = watch::channel(false);
+        let daemon = self.clone();
+        let stop = self.member_token();
+        self.track_member(tokio::spawn(async move {
+            loop {
+                let deadline = std::time::Instant::now() + DATABASE_START_TIMEOUT;
+                let attempt = database.apply_schema_updates(&daemon.schema_updates, deadline);
+                let result = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    result = attempt => result,
+                };
+                match result {
+                    Ok(_) => {
+                        daemon.set_database_state(DatabaseState::Online);
+                        tracing::info!("Database is online");
+                        online_tx.send_replace(true);
+                        return;
+                    }
+                    Err(err) => tracing::warn!("Database is not online yet: {err}"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(DATABASE_RETRY) => {}
+                }
+            }
+        }));
+        online
     }
 
     fn member(&self) -> Option<MemberConfig> {
@@ -143,9 +253,66 @@ impl Daemon {
         }
     }
 
+    /// A client of the member at `address` over mTLS, presenting this member's server
+    /// certificate and pinning the cluster certificate.
+    pub fn peer_client(&self, address: &str) -> Result<Client> {
+        let identity =
+            certs::load_pair(&self.state_dir.server_cert(), &self.state_dir.server_key())?;
+        let cluster_cert_pem = std::fs::read_to_string(self.state_dir.cluster_cert())
+            .map_err(|err| Error::from(err).context("Failed to read the cluster certificate: "))?;
+        Client::remote(address, &cluster_cert_pem, Some(&identity))
+    }
+
+    /// Sends a notification (SPEC §5.7) to each of `members` except this member, in parallel;
+    /// failures are logged, not returned.
+    pub async fn notify<T: serde::Serialize>(
+        &self,
+        members: &[crate::trust::Remote],
+        method: hyper::Method,
+        path: &str,
+        body: Option<&T>,
+    ) {
+        let body = match body.map(serde_json::to_value).transpose() {
+            Ok(body) => body,
+            Err(err) => {
+                tracing::warn!("Failed to encode a notification for {path}: {err}");
+                return;
+            }
+        };
+        let own = self.member_address();
+        let sends = members
+            .iter()
+            .filter(|member| Some(&member.address) != own.as_ref())
+            .map(|member| {
+                let (method, body) = (method.clone(), body.clone());
+                async move {
+                    let sent = match self.peer_client(&member.address) {
+                        Ok(client) => client
+                            .as_notifier()
+                            .query::<serde_json::Value>(method, path, body.as_ref())
+                            .await
+                            .map(|_| ()),
+                        Err(err) => Err(err),
+                    };
+                    if let Err(err) = sent {
+                        tracing::warn!("Failed to notify {} of {path}: {err}", member.name);
+                    }
+                }
+            });
+        futures::future::join_all(sends).await;
+    }
+
+    /// Sets this member's configuration (at bootstrap and join).
+    pub fn set_member(&self, member: Option<MemberConfig>) {
+        *self
+            .member
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = member;
+    }
+
     /// Starts the core HTTPS listener on the member address, presenting the cluster
     /// certificate.
-    async fn start_core_listener(self: &Arc<Self>, address: &str) -> Result<()> {
+    pub async fn start_core_listener(self: &Arc<Self>, address: &str) -> Result<()> {
         let cluster = certs::load_pair(
             &self.state_dir.cluster_cert(),
             &self.state_dir.cluster_key(),
@@ -159,10 +326,54 @@ impl Daemon {
             self.clone(),
             listener,
             tls,
-            self.services.child_token(),
+            self.member_token(),
         ));
-        self.track(task);
+        self.track_member(task);
         Ok(())
+    }
+
+    /// The token that stops the member-scoped services.
+    fn member_token(&self) -> CancellationToken {
+        self.member_services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
+            .child_token()
+    }
+
+    fn track_member(&self, task: JoinHandle<()>) {
+        self.member_services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .1
+            .push(task);
+    }
+
+    /// Stops the core listener and the database and forgets the database; the member can be
+    /// initialised again afterwards (reset, rollback of a failed init).
+    pub async fn stop_member_services(&self) {
+        let (token, tasks) = {
+            let mut services = self
+                .member_services
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let fresh = (self.services.child_token(), Vec::new());
+            std::mem::replace(&mut *services, fresh)
+        };
+        token.cancel();
+        for task in tasks {
+            if let Err(err) = task.await {
+                tracing::warn!("A member task failed while stopping: {err}");
+            }
+        }
+        let database = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(database) = database {
+            database.shutdown().await;
+        }
     }
 
     fn track(&self, task: JoinHandle<()>) {
@@ -217,6 +428,7 @@ impl Daemon {
                 tracing::warn!("A service task failed while stopping: {err}");
             }
         }
+        self.stop_member_services().await;
         let mut database = self
             .database
             .write()
@@ -301,18 +513,25 @@ async fn serve(
         Some(_) => DatabaseState::Starting,
         None => DatabaseState::NotInitialized,
     };
+    let services = CancellationToken::new();
     let daemon = Arc::new(Daemon {
         state_dir,
         version: args.version,
         extensions,
+        schema_updates: args.schema_updates,
+        raft_settings: args.raft,
+        db: RwLock::new(None),
         truststore,
         router: Router::new(endpoints::all()),
         member: RwLock::new(member.clone()),
         database: RwLock::new(database),
         phase: watch::Sender::new(Phase::Starting),
         shutdown_started: AtomicBool::new(false),
-        services: CancellationToken::new(),
+        services: services.clone(),
         service_tasks: Mutex::new(Vec::new()),
+        member_services: Mutex::new((services.child_token(), Vec::new())),
+        init_lock: tokio::sync::Mutex::new(()),
+        membership_lock: tokio::sync::Mutex::new(()),
         finish: Mutex::new(Some(finish)),
     });
     let control_stop = CancellationToken::new();
@@ -350,9 +569,18 @@ async fn serve(
 }
 
 async fn start_services(daemon: &Arc<Daemon>, member: Option<&MemberConfig>) -> Result<()> {
+    daemon.spawn_truststore_watcher();
     if let Some(member) = member {
         daemon.start_core_listener(&member.address).await?;
+        let database = daemon.open_database(false).await?;
+        let mut online = daemon.spawn_database_start(database);
+        let started =
+            tokio::time::timeout(DATABASE_START_TIMEOUT, online.wait_for(|online| *online));
+        if started.await.is_err() {
+            tracing::warn!(
+                "The database is not online after {DATABASE_START_TIMEOUT:?}; start-up continues and it keeps trying"
+            );
+        }
     }
-    daemon.spawn_truststore_watcher();
     Ok(())
 }

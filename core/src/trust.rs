@@ -18,7 +18,7 @@ use crate::validate;
 const FILE_MODE: u32 = 0o644;
 
 /// A trusted member: the content of one truststore file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Remote {
     /// The member's name (FQDN syntax); the file is `<name>.yaml`.
     pub name: String,

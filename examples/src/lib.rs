@@ -4,6 +4,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use serde_json::{Map, Value};
+
+pub mod output;
+
 /// Parses a duration written as Go writes them: `3h`, `1h30m`, `1.5s`, `500ms`, `0`.
 ///
 /// ```
@@ -47,6 +51,90 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| invalid())
 }
 
+/// Parses `tokens add --expire-after` into nanoseconds: a [`parse_duration`] with an optional
+/// sign, so that a negative value reaches the server (which rejects it, SPEC §6.1).
+///
+/// ```
+/// use microcluster_examples::parse_expire_after;
+/// assert_eq!(parse_expire_after("3h").unwrap(), 10_800_000_000_000);
+/// assert_eq!(parse_expire_after("-1s").unwrap(), -1_000_000_000);
+/// assert!(parse_expire_after("soon").is_err());
+/// ```
+pub fn parse_expire_after(text: &str) -> Result<i64, String> {
+    let invalid = || format!("invalid duration {text:?}");
+    let (negative, magnitude) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let duration = parse_duration(magnitude).map_err(|_| invalid())?;
+    let nanos = i64::try_from(duration.as_nanos()).map_err(|_| invalid())?;
+    Ok(if negative { -nanos } else { nanos })
+}
+
+/// Parses the `init --config` values: each is a comma-separated list of `key=value` items
+/// (the value may itself hold `=`); an empty value adds nothing. Keys keep their order, and a
+/// repeated key keeps its last value.
+pub fn parse_config(values: &[String]) -> microcluster::Result<Map<String, Value>> {
+    let mut config = Map::new();
+    for item in values
+        .iter()
+        .filter(|value| !value.is_empty())
+        .flat_map(|value| value.split(','))
+    {
+        let (key, value) = item.split_once('=').ok_or_else(|| {
+            microcluster::Error::invalid(format!("Malformed additional configuration value {item}"))
+        })?;
+        config.insert(key.to_string(), Value::String(value.to_string()));
+    }
+    Ok(config)
+}
+
+/// Percent-encodes `text` for one URL path segment or query value: everything but the
+/// unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`) becomes `%XX`.
+///
+/// ```
+/// use microcluster_examples::percent_encode;
+/// assert_eq!(percent_encode("c1"), "c1");
+/// assert_eq!(percent_encode("a b/c?"), "a%20b%2Fc%3F");
+/// ```
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// The path of `cluster remove`: `/core/1.0/cluster/<name>` with `force=1` and `address=…`
+/// only when set (SPEC §9.1).
+///
+/// ```
+/// use microcluster_examples::cluster_remove_path;
+/// assert_eq!(cluster_remove_path("c2", false, None), "/core/1.0/cluster/c2");
+/// assert_eq!(
+///     cluster_remove_path("c2", true, Some("127.0.0.1:9002")),
+///     "/core/1.0/cluster/c2?force=1&address=127.0.0.1%3A9002",
+/// );
+/// ```
+pub fn cluster_remove_path(name: &str, force: bool, address: Option<&str>) -> String {
+    let mut params = Vec::new();
+    if force {
+        params.push("force=1".to_string());
+    }
+    if let Some(address) = address {
+        params.push(format!("address={}", percent_encode(address)));
+    }
+    let path = format!("/core/1.0/cluster/{}", percent_encode(name));
+    if params.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", params.join("&"))
+    }
+}
+
 /// Sends logs to stderr: warnings by default, info with `verbose`, debug with `debug`.
 pub fn init_logging(verbose: bool, debug: bool) {
     let level = match (debug, verbose) {
@@ -85,5 +173,56 @@ pub fn exit_code(result: microcluster::Result<()>) -> ExitCode {
             eprintln!("Error: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|value| value.to_string()).collect()
+    }
+
+    #[test]
+    fn config_is_repeatable_and_comma_separated() {
+        let config = parse_config(&strings(&["a=1,b=x=y", "", "c=", "a=2"])).unwrap();
+        assert_eq!(
+            Value::Object(config).to_string(),
+            r#"{"a":"2","b":"x=y","c":""}"#
+        );
+        assert!(parse_config(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn config_item_without_equals_is_malformed() {
+        let err = parse_config(&strings(&["a=1,oops"])).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "Malformed additional configuration value oops"
+        );
+        assert_eq!(err.http_status(), 400);
+    }
+
+    #[test]
+    fn expire_after_in_nanoseconds() {
+        assert_eq!(parse_expire_after("0").unwrap(), 0);
+        assert_eq!(parse_expire_after("+1m").unwrap(), 60_000_000_000);
+        assert_eq!(
+            parse_expire_after("3 days").unwrap_err(),
+            r#"invalid duration "3 days""#
+        );
+        assert!(
+            parse_expire_after("9999999h").is_err(),
+            "overflows i64 nanoseconds"
+        );
+    }
+
+    #[test]
+    fn remove_path_encodes_the_name() {
+        assert_eq!(
+            cluster_remove_path("a/b", false, Some("::1")),
+            "/core/1.0/cluster/a%2Fb?address=%3A%3A1"
+        );
     }
 }

@@ -1,3 +1,13 @@
-//! The replicated database (DESIGN §4): SQLite state machines kept identical by a Raft log.
+//! The replicated database (DESIGN §4): SQLite state machines kept identical by a Raft log,
+//! and serializable transactions on top.
 
+pub mod identity;
+mod node;
 pub mod raft;
+pub mod schema;
+pub mod sql_text;
+pub mod tx;
+
+pub use node::{Database, PROPOSE_PATH, READ_INDEX_PATH, RaftSettings};
+pub use rusqlite::types::Value;
+pub use tx::{ReadMode, Rows, Tx};

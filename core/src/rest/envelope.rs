@@ -12,19 +12,36 @@ use tokio::sync::oneshot;
 
 use crate::Error;
 
-/// What a handler answers on success: the `metadata` of a sync envelope, and optionally a signal
-/// fired once the response has been handed to the connection (used by shutdown to close the
-/// control socket only after its caller got the answer).
+/// What a handler answers on success: the `metadata` of a sync envelope (or, for the Raft
+/// transport, raw bytes), and optionally a signal fired once the response has been handed to
+/// the connection (used by shutdown to close the control socket only after its caller got the
+/// answer).
 pub(crate) struct Response {
-    pub metadata: Value,
+    pub payload: Payload,
     pub on_sent: Option<oneshot::Sender<()>>,
+}
+
+/// The body of a successful response.
+pub(crate) enum Payload {
+    /// The `metadata` of a sync envelope.
+    Json(Value),
+    /// Raw bytes, sent as `application/octet-stream` without an envelope (SPEC §5.9).
+    Binary(Bytes),
 }
 
 impl Response {
     /// A sync response with `metadata`.
     pub fn sync(metadata: Value) -> Response {
         Response {
-            metadata,
+            payload: Payload::Json(metadata),
+            on_sent: None,
+        }
+    }
+
+    /// A raw binary response (Raft transport only).
+    pub fn binary(bytes: impl Into<Bytes>) -> Response {
+        Response {
+            payload: Payload::Binary(bytes.into()),
             on_sent: None,
         }
     }
@@ -76,25 +93,41 @@ impl Drop for ResponseBody {
     }
 }
 
-fn json_response(
+fn bytes_response(
     status: u16,
-    body: &Value,
+    content_type: &'static str,
+    body: Bytes,
     on_drop: Option<oneshot::Sender<()>>,
 ) -> hyper::Response<ResponseBody> {
     let mut response = hyper::Response::new(ResponseBody {
-        inner: Full::new(Bytes::from(body.to_string())),
+        inner: Full::new(body),
         on_drop,
     });
     *response.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
-/// The sync envelope: HTTP 200 with `metadata`.
+fn json_response(
+    status: u16,
+    body: &Value,
+    on_drop: Option<oneshot::Sender<()>>,
+) -> hyper::Response<ResponseBody> {
+    let body = Bytes::from(body.to_string());
+    bytes_response(status, "application/json", body, on_drop)
+}
+
+/// The success answer: the sync envelope (HTTP 200 with `metadata`), or raw bytes.
 pub(crate) fn sync(response: Response) -> hyper::Response<ResponseBody> {
+    let metadata = match response.payload {
+        Payload::Json(metadata) => metadata,
+        Payload::Binary(bytes) => {
+            return bytes_response(200, BINARY_CONTENT_TYPE, bytes, response.on_sent);
+        }
+    };
     let body = json!({
         "type": "sync",
         "status": "Success",
@@ -102,10 +135,13 @@ pub(crate) fn sync(response: Response) -> hyper::Response<ResponseBody> {
         "operation": "",
         "error_code": 0,
         "error": "",
-        "metadata": response.metadata,
+        "metadata": metadata,
     });
     json_response(200, &body, response.on_sent)
 }
+
+/// The content type of raw binary bodies.
+pub(crate) const BINARY_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// The error envelope: the HTTP status equals `error_code`.
 pub(crate) fn error(err: &Error) -> hyper::Response<ResponseBody> {

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hyper::{HeaderMap, Method};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -33,7 +34,7 @@ where
 /// A request as handlers see it, after routing, trust decision and body decoding.
 #[expect(
     dead_code,
-    reason = "the endpoints of this release take no input; the lifecycle endpoints read it"
+    reason = "the endpoints of this release read only part of the request; the lifecycle endpoints read the rest"
 )]
 pub(crate) struct Request {
     /// Values of the `{var}` segments of the endpoint path.
@@ -42,16 +43,24 @@ pub(crate) struct Request {
     pub query: Vec<(String, String)>,
     /// The request headers.
     pub headers: HeaderMap,
-    /// The JSON body, if the request had one.
+    /// The JSON body, if the request had one (never for binary endpoints).
     pub body: Option<Value>,
+    /// The raw body of a binary endpoint (empty for JSON endpoints).
+    pub raw: Bytes,
     /// Where the request came in.
     pub origin: Origin,
     /// The trust decision of SPEC §4.
     pub trusted: bool,
 }
 
-#[expect(dead_code, reason = "the endpoints of this release take no body")]
 impl Request {
+    /// Whether the request is a cluster notification (SPEC §5.7).
+    pub fn is_notification(&self) -> bool {
+        self.headers
+            .get(hyper::header::USER_AGENT)
+            .is_some_and(|agent| agent == crate::client::NOTIFIER_USER_AGENT)
+    }
+
     /// The body decoded as `T`; a missing or ill-shaped body is a 400.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
         let body = self.body.clone().unwrap_or(Value::Null);
@@ -89,6 +98,8 @@ impl Action {
 pub(crate) enum Served {
     /// Only the unix control socket (`/core/control…`).
     ControlSocket,
+    /// Only the core network listener (the Raft transport).
+    Network,
     /// The control socket and the core network listener.
     Everywhere,
 }
@@ -99,6 +110,8 @@ pub(crate) struct Endpoint {
     pub served: Served,
     pub allowed_before_init: bool,
     pub allowed_during_shutdown: bool,
+    /// The body is raw bytes, not JSON (the Raft transport, SPEC §5.9).
+    pub binary: bool,
     pub get: Option<Action>,
     pub put: Option<Action>,
     pub post: Option<Action>,
@@ -115,6 +128,7 @@ impl Endpoint {
             served: Served::Everywhere,
             allowed_before_init: false,
             allowed_during_shutdown: false,
+            binary: false,
             get: None,
             put: None,
             post: None,
@@ -126,6 +140,12 @@ impl Endpoint {
     /// Serves the endpoint only on the control socket.
     pub fn control_socket_only(mut self) -> Endpoint {
         self.served = Served::ControlSocket;
+        self
+    }
+
+    /// Serves the endpoint only on the core network listener.
+    pub fn network_only(mut self) -> Endpoint {
+        self.served = Served::Network;
         self
     }
 
@@ -141,9 +161,21 @@ impl Endpoint {
         self
     }
 
+    /// Takes the request body as raw bytes instead of JSON.
+    pub fn binary(mut self) -> Endpoint {
+        self.binary = true;
+        self
+    }
+
     /// Sets the GET action.
     pub fn get(mut self, action: Action) -> Endpoint {
         self.get = Some(action);
+        self
+    }
+
+    /// Sets the DELETE action.
+    pub fn delete(mut self, action: Action) -> Endpoint {
+        self.delete = Some(action);
         self
     }
 
@@ -215,7 +247,11 @@ impl Router {
         let segments: Vec<&str> = split_path(path).collect();
         self.endpoints
             .iter()
-            .filter(|endpoint| endpoint.served == Served::Everywhere || origin.is_control_socket())
+            .filter(|endpoint| match endpoint.served {
+                Served::Everywhere => true,
+                Served::ControlSocket => origin.is_control_socket(),
+                Served::Network => !origin.is_control_socket(),
+            })
             .find_map(|endpoint| endpoint.matches(&segments).map(|vars| (endpoint, vars)))
     }
 }

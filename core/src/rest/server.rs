@@ -202,13 +202,14 @@ async fn process(
         return Err(body_too_large());
     }
     let bytes = read_body(body).await?;
-    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-        None
+    let (body, raw) = if endpoint.binary {
+        (None, bytes)
+    } else if bytes.iter().all(u8::is_ascii_whitespace) {
+        (None, Bytes::new())
     } else {
-        Some(
-            serde_json::from_slice::<Value>(&bytes)
-                .map_err(|err| Error::invalid(format!("Invalid JSON in request body: {err}")))?,
-        )
+        let body = serde_json::from_slice::<Value>(&bytes)
+            .map_err(|err| Error::invalid(format!("Invalid JSON in request body: {err}")))?;
+        (Some(body), Bytes::new())
     };
     let query = parts
         .uri
@@ -224,6 +225,7 @@ async fn process(
         query,
         headers: parts.headers,
         body,
+        raw,
         origin,
         trusted,
     };

@@ -117,7 +117,9 @@ impl ClientCertVerifier for OptionalClientCertificate {
 /// Accepts exactly one server certificate, byte for byte, while it is valid.
 #[derive(Debug)]
 struct PinnedServerCertificate {
-    pinned: CertificateDer<'static>,
+    /// The only certificate accepted; `None` accepts any (only to fetch a certificate whose
+    /// fingerprint the caller then checks, SPEC §7.3 J2).
+    pinned: Option<CertificateDer<'static>>,
 }
 
 impl ServerCertVerifier for PinnedServerCertificate {
@@ -129,7 +131,10 @@ impl ServerCertVerifier for PinnedServerCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() != self.pinned.as_ref() {
+        let Some(pinned) = &self.pinned else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        if end_entity.as_ref() != pinned.as_ref() {
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ));
@@ -181,7 +186,48 @@ pub(crate) fn client_config(
     server_cert_pem: &str,
     identity: Option<&CertKeyPair>,
 ) -> Result<Arc<rustls::ClientConfig>> {
-    let pinned = certs::parse_cert_pem(server_cert_pem)?;
+    let pinned = Some(certs::parse_cert_pem(server_cert_pem)?);
+    build_client_config(pinned, identity)
+}
+
+/// Connects to `address` accepting any server certificate and returns the certificate the
+/// server presented, PEM. The caller must check it (by fingerprint) before trusting it.
+pub(crate) async fn fetch_server_certificate(address: &str) -> Result<String> {
+    let socket_address = crate::validate::member_address(address)
+        .map_err(|reason| Error::invalid(format!("Invalid address {address:?}: {reason}")))?;
+    let config = build_client_config(None, None)?;
+    let failed = |err: &dyn std::fmt::Display| {
+        Error::unavailable(format!("Failed to connect to {address}: {err}"))
+    };
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(socket_address)
+            .await
+            .map_err(|err| failed(&err))?;
+        let server_name = ServerName::IpAddress(socket_address.ip().into());
+        tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|err| failed(&err))
+    };
+    let stream = tokio::time::timeout(FETCH_TIMEOUT, connect)
+        .await
+        .map_err(|_| failed(&"timed out"))??;
+    let der = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| failed(&"the server presented no certificate"))?;
+    Ok(certs::der_to_pem(der))
+}
+
+/// How long fetching a peer's certificate may take.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn build_client_config(
+    pinned: Option<CertificateDer<'static>>,
+    identity: Option<&CertKeyPair>,
+) -> Result<Arc<rustls::ClientConfig>> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|err| tls_error("client", err))?

@@ -1,13 +1,24 @@
 //! `microctl`: the example CLI (SPEC §16.2). It talks to a member's daemon over its control
-//! socket.
+//! socket, or to another member over mTLS for `cluster list <address>`.
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use microcluster::{App, Args};
-use microcluster_examples::{exit_code, init_logging, parse_args};
+use hyper::Method;
+use microcluster::{App, Args, Client, Error};
+use microcluster_examples::output::{self, ClusterMember, Format, SqlBatch, TokenRecord};
+use microcluster_examples::{
+    cluster_remove_path, exit_code, init_logging, parse_args, parse_config, parse_expire_after,
+    percent_encode,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The deadline of `init` (SPEC §16.2).
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Example CLI of a microcluster member.
 #[derive(Parser)]
@@ -31,6 +42,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Bootstrap a new cluster or join one with a token.
+    Init {
+        /// The name of this member.
+        name: String,
+        /// The address of this member, IP:port.
+        address: String,
+        /// Bootstrap a new cluster.
+        #[arg(long)]
+        bootstrap: bool,
+        /// Join the cluster that issued this token.
+        #[arg(long)]
+        token: Option<String>,
+        /// Extra configuration for the hooks, key=value[,key=value…]; repeatable.
+        #[arg(long)]
+        config: Vec<String>,
+    },
+    /// Manage join tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Manage cluster members.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Run SQL on the database: `.dump`, `.schema`, `-` (read stdin) or statements.
+    Sql {
+        /// The query.
+        query: String,
+    },
     /// Print what the daemon says about itself (GET /core/1.0).
     Status,
     /// Wait until the daemon is ready.
@@ -41,6 +83,59 @@ enum Command {
     },
     /// Shut the daemon down.
     Shutdown,
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Issue a join token for a new member and print it.
+    Add {
+        /// The name the new member will join with.
+        name: String,
+        /// How long the token is valid, like 3h or 30m; 0 means forever.
+        #[arg(short, long, default_value = "3h", allow_hyphen_values = true)]
+        expire_after: String,
+    },
+    /// List the join tokens that have not expired.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Revoke a join token.
+    Revoke {
+        /// The name of the token.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List the cluster members and their status.
+    List {
+        /// Ask the member at this address (over mTLS) instead of the local daemon.
+        address: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove a member from the cluster.
+    Remove {
+        /// The name of the member.
+        name: String,
+        /// Carry on when the member cannot be reached or its clean-up fails.
+        #[arg(short, long)]
+        force: bool,
+        /// The member's address, IP:port (with --force, removes orphans at that address).
+        #[arg(long)]
+        address: Option<String>,
+    },
+}
+
+/// The answer of `GET /core/internal/sql`.
+#[derive(Deserialize)]
+struct SqlDump {
+    /// The SQL text.
+    text: String,
 }
 
 fn main() -> ExitCode {
@@ -62,7 +157,39 @@ async fn run(state_dir: Option<PathBuf>, command: Command) -> microcluster::Resu
         state_dir,
         ..Default::default()
     })?;
+    let client = app.local_client();
     match command {
+        Command::Init {
+            name,
+            address,
+            bootstrap,
+            token,
+            config,
+        } => {
+            let token = token.filter(|token| !token.is_empty());
+            if bootstrap && token.is_some() {
+                return Err(Error::invalid(
+                    "--bootstrap and --token are mutually exclusive",
+                ));
+            }
+            if !bootstrap && token.is_none() {
+                return Err(Error::invalid("Option must be one of bootstrap or token"));
+            }
+            let body = json!({
+                "bootstrap": bootstrap,
+                "config": parse_config(&config)?,
+                "join_token": token.unwrap_or_default(),
+                "address": address,
+                "name": name,
+            });
+            client
+                .with_timeout(INIT_TIMEOUT)
+                .query::<Value>(Method::POST, "/core/control", Some(&body))
+                .await?;
+        }
+        Command::Tokens { command } => tokens(&client, command).await?,
+        Command::Cluster { command } => cluster(&app, &client, command).await?,
+        Command::Sql { query } => sql(&client, query).await?,
         Command::Status => {
             let status = app.status().await?;
             let text = serde_yaml_ng::to_string(&status).map_err(|err| {
@@ -76,5 +203,84 @@ async fn run(state_dir: Option<PathBuf>, command: Command) -> microcluster::Resu
         }
         Command::Shutdown => app.stop().await?,
     }
+    Ok(())
+}
+
+async fn tokens(client: &Client, command: TokensCommand) -> microcluster::Result<()> {
+    match command {
+        TokensCommand::Add { name, expire_after } => {
+            let expire_after = parse_expire_after(&expire_after)
+                .map_err(|err| Error::invalid(format!("Invalid value for expire-after: {err}")))?;
+            let body = json!({"name": name, "expire_after": expire_after});
+            let token: String = client
+                .query(Method::POST, "/core/control/tokens", Some(&body))
+                .await?;
+            println!("{token}");
+        }
+        TokensCommand::List { format } => {
+            let records: Vec<TokenRecord> = client
+                .query(Method::GET, "/core/control/tokens", None)
+                .await?;
+            print!("{}", output::tokens(format, &records)?);
+        }
+        TokensCommand::Revoke { name } => {
+            let path = format!("/core/1.0/tokens/{}", percent_encode(&name));
+            client.query::<Value>(Method::DELETE, &path, None).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn cluster(app: &App, client: &Client, command: ClusterCommand) -> microcluster::Result<()> {
+    match command {
+        ClusterCommand::List { address, format } => {
+            let client = match address {
+                Some(address) => app.remote_client(&address, None)?,
+                None => client.clone(),
+            };
+            let members: Vec<ClusterMember> =
+                client.query(Method::GET, "/core/1.0/cluster", None).await?;
+            print!("{}", output::members(format, &members)?);
+        }
+        ClusterCommand::Remove {
+            name,
+            force,
+            address,
+        } => {
+            let path = cluster_remove_path(&name, force, address.as_deref());
+            client.query::<Value>(Method::DELETE, &path, None).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn sql(client: &Client, query: String) -> microcluster::Result<()> {
+    let query = if query == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|err| Error::invalid(format!("Failed to read the query from stdin: {err}")))?;
+        text
+    } else {
+        query
+    };
+    let dump_path = match query.trim() {
+        ".dump" => Some("/core/internal/sql"),
+        ".schema" => Some("/core/internal/sql?schema=1"),
+        _ => None,
+    };
+    if let Some(path) = dump_path {
+        let dump: SqlDump = client.query(Method::GET, path, None).await?;
+        print!("{}", dump.text);
+        return Ok(());
+    }
+    let batch: SqlBatch = client
+        .query(
+            Method::POST,
+            "/core/internal/sql",
+            Some(&json!({"query": query})),
+        )
+        .await?;
+    print!("{}", output::sql_results(&batch.results));
     Ok(())
 }

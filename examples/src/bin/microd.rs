@@ -14,6 +14,12 @@ use tokio::signal::unix::{SignalKind, signal};
 /// The example application's API extensions (SPEC §16.1).
 const API_EXTENSIONS: [&str; 2] = ["custom_extension_a_0", "custom_extension_a_1"];
 
+/// The example application's schema updates (SPEC §16.1).
+const SCHEMA_UPDATES: [&str; 2] = [
+    "CREATE TABLE extended_table (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, UNIQUE(key));",
+    "CREATE TABLE some_other_table (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, field_one TEXT NOT NULL, field_two TEXT NOT NULL, UNIQUE(field_one), UNIQUE(field_two));",
+];
+
 /// Example daemon of a microcluster member.
 #[derive(Parser)]
 #[command(name = "microd", disable_version_flag = true)]
@@ -57,6 +63,8 @@ fn run(cli: Cli) -> microcluster::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         heartbeat_interval: cli.heartbeat,
         api_extensions: API_EXTENSIONS.map(String::from).to_vec(),
+        schema_updates: SCHEMA_UPDATES.map(String::from).to_vec(),
+        ..DaemonArgs::default()
     };
     microcluster::runtime::block_on(async move {
         spawn_signal_handler(app.clone())?;

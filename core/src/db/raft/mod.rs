@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod log_store;
+pub mod network;
 mod sqlite;
 pub mod state_machine;
 

@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
@@ -46,6 +47,11 @@ CREATE TABLE IF NOT EXISTS _microcluster_raft (key TEXT PRIMARY KEY NOT NULL, va
 CREATE TABLE IF NOT EXISTS _microcluster_table_writes (name TEXT PRIMARY KEY NOT NULL, idx INTEGER NOT NULL);
 ";
 
+/// The name under which `_microcluster_table_writes` records the index of the last SQL-text
+/// entry (DDL): a transaction based before it conflicts, whatever it read. SQLite reserves
+/// `sqlite_` names, so no user table can have it.
+const SCHEMA_MARKER: &str = "sqlite_schema";
+
 /// The database file inside the database directory.
 const DB_FILE: &str = "db.sqlite3";
 
@@ -66,8 +72,22 @@ fn take(written: &Written) -> BTreeSet<String> {
     )
 }
 
+/// Waits for a lock held by a transaction's connection, however long: failing an apply would
+/// stop the Raft node.
+fn wait_for_lock(attempts: i32) -> bool {
+    if attempts > 0 && attempts % 10_000 == 0 {
+        tracing::warn!(
+            "The state machine has waited {} s for a database lock",
+            attempts / 1000
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    true
+}
+
 fn open_connection(path: &Path, written: &Written) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
+    conn.busy_handler(Some(wait_for_lock))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // A process crash loses nothing in WAL mode; after a power loss the entries after the last
     // checkpoint are applied again from the Raft log, which is fsynced and only purged behind
@@ -84,6 +104,29 @@ fn open_connection(path: &Path, written: &Written) -> rusqlite::Result<Connectio
         }
     }))?;
     Ok(conn)
+}
+
+/// How long a transaction's connection waits for the write lock.
+const READER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Opens a connection to the state machine database in `dir` for transactions and reads.
+pub(crate) fn open_reader(dir: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        dir.join(DB_FILE),
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(READER_BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// The applied index as recorded in the database `conn` reads (0 before the first entry);
+/// inside a transaction, the index of exactly the state that transaction sees.
+pub(crate) fn applied_index(conn: &Connection) -> crate::Result<u64> {
+    let applied: Option<Option<LogId<NodeId>>> = read_meta(conn, META, "applied", READ_SM)
+        .map_err(|err| {
+            crate::Error::internal(format!("Failed to read the applied index: {err}"))
+        })?;
+    Ok(applied.flatten().map_or(0, |log_id| log_id.index))
 }
 
 /// Reads the applied state stored in a state machine database (live or a snapshot).
@@ -156,7 +199,10 @@ impl Db {
                 EntryPayload::Normal(command) => {
                     take(&self.written);
                     let result = apply_command(&tx, index, &command)?;
-                    let written = take(&self.written);
+                    let mut written = take(&self.written);
+                    if matches!(command, Command::Sql { .. }) {
+                        written.insert(SCHEMA_MARKER.to_string());
+                    }
                     if matches!(result, CommandResult::Applied { .. }) {
                         for table in written {
                             tx.execute(
@@ -256,7 +302,11 @@ fn apply_command(
         base, read_tables, ..
     } = command
     {
-        for table in read_tables {
+        for table in read_tables
+            .iter()
+            .map(String::as_str)
+            .chain([SCHEMA_MARKER])
+        {
             let last_write: Option<i64> = tx
                 .query_row(
                     "SELECT idx FROM _microcluster_table_writes WHERE name = ?1",
@@ -278,13 +328,23 @@ fn apply_command(
     let outcome = match command {
         Command::Sql { sql } => {
             let before = tx.total_changes();
-            tx.execute_batch(sql)
-                .map(|()| CommandResult::Applied {
-                    rows_affected: tx.total_changes() - before,
-                })
-                .unwrap_or_else(|err| CommandResult::Failed {
+            match tx.execute_batch(sql) {
+                Err(err) => CommandResult::Failed {
                     message: err.to_string(),
-                })
+                },
+                // Changesets address rows by primary key (DESIGN §4.2).
+                Ok(()) => match crate::db::sql_text::tables_without_primary_key(tx)
+                    .or_fail(WRITE_SM)?
+                    .first()
+                {
+                    Some(table) => CommandResult::Failed {
+                        message: format!("Table {table:?} has no PRIMARY KEY"),
+                    },
+                    None => CommandResult::Applied {
+                        rows_affected: tx.total_changes() - before,
+                    },
+                },
+            }
         }
         Command::Changeset { changeset, .. } => {
             let conflict = Arc::new(Mutex::new(None::<String>));
@@ -335,6 +395,9 @@ fn conflict_name(kind: ConflictType) -> String {
 pub struct StateMachine {
     db: Worker<Db>,
     dir: PathBuf,
+    /// Bumped each time a snapshot replaces the database file: connections opened before
+    /// point at the old file.
+    generation: Arc<AtomicU64>,
 }
 
 impl StateMachine {
@@ -348,7 +411,13 @@ impl StateMachine {
         Ok(StateMachine {
             db,
             dir: dir.to_path_buf(),
+            generation: Arc::default(),
         })
+    }
+
+    /// The number of snapshots installed since the database was opened.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// The current snapshot, opened for reading; with `build`, a new one is made first, in the
@@ -436,9 +505,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::warn!("Failed to remove {receiving:?}: {err}");
         }
         let meta = meta.clone();
-        self.db
+        let installed = self
+            .db
             .call(WRITE_SNAPSHOT, move |db| db.install_snapshot(&meta))
-            .await
+            .await;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        installed
     }
 
     async fn get_current_snapshot(&mut self) -> Res<Option<Snapshot<TypeConfig>>> {

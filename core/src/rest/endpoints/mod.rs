@@ -1,18 +1,31 @@
 //! The core REST resources, one file each, declaring their routes, access rules and handlers.
 
+mod cluster;
 mod control;
+mod raft;
 mod ready;
 mod root;
+mod sql;
 mod status;
 
 use super::router::Endpoint;
 
 /// Every core endpoint, in the order the router tries them.
 pub(crate) fn all() -> Vec<Endpoint> {
-    vec![
+    let mut endpoints = vec![
         root::endpoint(),
         status::endpoint(),
         ready::endpoint(),
         control::shutdown(),
-    ]
+        control::init(),
+        control::tokens(),
+        cluster::members(),
+        cluster::token(),
+        cluster::admission(),
+        cluster::raft_join(),
+        cluster::truststore(),
+        sql::endpoint(),
+    ];
+    endpoints.extend(raft::endpoints());
+    endpoints
 }

@@ -1,0 +1,421 @@
+//! [`Database`]: this member's Raft node and its SQLite state machine, and the two operations
+//! everything else is built on — proposing a command to the leader (from any member) and
+//! waiting until the local state machine is at least as fresh as the leader's commit
+//! (read index).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use rusqlite::Connection;
+
+use super::raft::log_store::LogStore;
+use super::raft::network::{self, Network, PeerCredentials, RpcReply};
+use super::raft::state_machine::{self, StateMachine};
+use super::raft::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
+use crate::client::Client;
+use crate::{Error, ErrorKind, Result};
+
+/// Path of the RPC that proposes a command on the leader (SPEC §5.9: "any further endpoints
+/// the design needs").
+pub const PROPOSE_PATH: &str = "/core/internal/raft/propose";
+/// Path of the RPC that asks the leader for a read index.
+pub const READ_INDEX_PATH: &str = "/core/internal/raft/read-index";
+
+/// How long a proposal or read index may wait for a leader to be known.
+const LEADER_WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// Idle pooled connections kept for transactions.
+const MAX_POOLED_CONNECTIONS: usize = 16;
+
+/// Raft timings and log compaction (DESIGN §4.3). The defaults replace a lost leader in about
+/// a second.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    /// Interval between leader heartbeats.
+    pub heartbeat_interval: Duration,
+    /// The election timeout is drawn from this range.
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is built after this many entries since the last one; the log is purged
+    /// behind it.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, so briefly lagging members catch up from the
+    /// log rather than by snapshot.
+    pub keep_after_snapshot: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            snapshot_every: 8192,
+            keep_after_snapshot: 1024,
+        }
+    }
+}
+
+impl RaftSettings {
+    fn to_config(&self) -> Result<Config> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Config {
+            cluster_name: "microcluster".to_string(),
+            heartbeat_interval: millis(self.heartbeat_interval),
+            election_timeout_min: millis(self.election_timeout.0),
+            election_timeout_max: millis(self.election_timeout.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|err| Error::invalid(format!("Invalid Raft settings: {err}")))
+    }
+
+    /// How long without a quorum acknowledgement a leader still accepts work: beyond this it
+    /// has most likely lost its quorum and callers get `Unavailable` instead of waiting.
+    fn quorum_lease(&self) -> Duration {
+        self.election_timeout.1 * 3
+    }
+
+    /// How long a caller waits for a leader to be known before giving up.
+    fn leader_wait(&self) -> Duration {
+        self.election_timeout.1 * 5
+    }
+}
+
+/// The replicated database of one member.
+pub struct Database {
+    raft: Raft<TypeConfig>,
+    id: NodeId,
+    dir: PathBuf,
+    network: Network,
+    settings: RaftSettings,
+    /// Connections for transactions, with the state machine generation they were opened in.
+    pool: Mutex<Vec<(u64, Connection)>>,
+    state_machine: StateMachine,
+    /// Clients of the leaders this member forwarded to, by address.
+    leaders: Mutex<HashMap<String, Client>>,
+}
+
+impl Database {
+    /// Opens the log and the state machine in `dir` and starts the Raft node `id`.
+    pub async fn open(
+        dir: &Path,
+        id: NodeId,
+        credentials: PeerCredentials,
+        settings: RaftSettings,
+    ) -> Result<Database> {
+        let config = Arc::new(settings.to_config()?);
+        let log = LogStore::open(&dir.join("raft.db"))?;
+        let state_machine = StateMachine::open(dir)?;
+        let network = Network::new(credentials);
+        let raft = Raft::new(id, config, network.clone(), log, state_machine.clone())
+            .await
+            .map_err(|err| Error::internal(format!("Failed to start Raft: {err}")))?;
+        Ok(Database {
+            raft,
+            id,
+            dir: dir.to_path_buf(),
+            network,
+            settings,
+            pool: Mutex::new(Vec::new()),
+            state_machine,
+            leaders: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This member's Raft node id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The Raft node, for the transport handlers and membership changes.
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// The credentials used to reach other members.
+    pub fn credentials(&self) -> PeerCredentials {
+        self.network.credentials()
+    }
+
+    /// Makes this node the single voter of a new Raft group (bootstrap).
+    pub async fn initialize(&self, node: MemberNode) -> Result<()> {
+        let members = BTreeMap::from([(self.id, node)]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|err| Error::internal(format!("Failed to bootstrap Raft: {err}")))
+    }
+
+    /// The members of the Raft group as the latest membership config has them, with whether
+    /// each is a voter.
+    pub fn members(&self) -> Vec<(NodeId, MemberNode, bool)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        membership
+            .nodes()
+            .map(|(id, node)| (*id, node.clone(), membership.voter_ids().any(|v| v == *id)))
+            .collect()
+    }
+
+    /// The current leader's id and node, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, MemberNode)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.clone()))
+    }
+
+    /// Whether this member is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The index of the last entry applied to the local state machine.
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |log_id| log_id.index)
+    }
+
+    /// Appends `command` to the log through the leader (forwarding to it from a follower) and
+    /// returns its index and outcome once the leader has applied it. Fails with `Unavailable`
+    /// when no leader with a quorum answers before `deadline`.
+    pub async fn propose(
+        &self,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<(u64, CommandResult)> {
+        let body = Bytes::from(network::encode(&command)?);
+        self.on_leader(
+            deadline,
+            "commit the change",
+            |timeout| {
+                let command = command.clone();
+                async move { self.propose_local(command, timeout).await }
+            },
+            PROPOSE_PATH,
+            body,
+        )
+        .await
+    }
+
+    /// The commit index of the leader, confirmed by a quorum: a read at or after it is
+    /// linearizable.
+    pub async fn read_index(&self, deadline: Instant) -> Result<u64> {
+        self.on_leader(
+            deadline,
+            "confirm the read index",
+            |timeout| async move { self.read_index_local(timeout).await },
+            READ_INDEX_PATH,
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// Waits until the local state machine has applied `index`.
+    pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|err| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("Timed out waiting for this member to apply entry {index}: {err}"),
+                )
+            })
+    }
+
+    /// Runs `local` if this member is the leader, else sends `path` with `body` to the leader;
+    /// retries while leadership moves, until `deadline`.
+    async fn on_leader<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        what: &str,
+        local: F,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T>
+    where
+        T: serde::de::DeserializeOwned,
+        F: Fn(Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let leader_deadline = deadline.min(Instant::now() + self.settings.leader_wait());
+        let mut last_error = None;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || Instant::now() >= leader_deadline && last_error.is_some() {
+                let reason = last_error
+                    .map(|err: Error| err.message().to_string())
+                    .unwrap_or_else(|| "no leader is known".to_string());
+                return Err(Error::unavailable(format!(
+                    "Failed to {what}: the cluster has no leader with a quorum ({reason})"
+                )));
+            }
+            match self.leader() {
+                Some((leader, _)) if leader == self.id => match local(remaining).await {
+                    Ok(Some(value)) => return Ok(value),
+                    Ok(None) => {}
+                    Err(err) => return Err(err),
+                },
+                Some((_, node)) => match self
+                    .forward(&node.address, path, body.clone(), remaining)
+                    .await
+                {
+                    Ok(value) => return Ok(value),
+                    Err(err)
+                        if err.kind() == ErrorKind::Unavailable
+                            || err.kind() == ErrorKind::Timeout =>
+                    {
+                        tracing::debug!(
+                            "Forwarding to the leader at {} failed: {err}",
+                            node.address
+                        );
+                        last_error = Some(err);
+                    }
+                    Err(err) => return Err(err),
+                },
+                None => {
+                    if last_error.is_none() && Instant::now() >= leader_deadline {
+                        last_error = Some(Error::unavailable("no leader is known"));
+                    }
+                }
+            }
+            tokio::time::sleep(LEADER_WAIT_POLL).await;
+        }
+    }
+
+    async fn forward<T: serde::de::DeserializeOwned>(
+        &self,
+        address: &str,
+        path: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<T> {
+        let client = {
+            let mut leaders = self
+                .leaders
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match leaders.get(address) {
+                Some(client) => client.clone(),
+                None => {
+                    let client = self.network.credentials().client(address)?;
+                    leaders.insert(address.to_string(), client.clone());
+                    client
+                }
+            }
+        };
+        let answer = client.post_binary(path, body, timeout).await?;
+        network::decode(&answer)
+    }
+
+    /// Fails with `Unavailable` when this leader has not heard from a quorum for a while.
+    fn check_quorum_lease(&self) -> Result<()> {
+        let since_ack = self.raft.metrics().borrow().millis_since_quorum_ack;
+        match since_ack {
+            Some(millis) if Duration::from_millis(millis) > self.settings.quorum_lease() => {
+                Err(Error::unavailable(format!(
+                    "The cluster has lost its quorum: no majority of voters answered the leader for {millis} ms"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Proposes on this node; `None` when it is not (or no longer) the leader.
+    pub(crate) async fn propose_local(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<Option<(u64, CommandResult)>> {
+        self.check_quorum_lease()?;
+        let write = tokio::time::timeout(timeout, self.raft.client_write(command)).await;
+        match write {
+            Err(_) => Err(Error::unavailable(format!(
+                "Timed out after {timeout:?} waiting for a quorum to commit the change; it may still be applied"
+            ))),
+            Ok(Ok(response)) => Ok(Some((response.log_id.index, response.data))),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Ok(None),
+            Ok(Err(err)) => Err(Error::unavailable(format!("Database is offline: {err}"))),
+        }
+    }
+
+    /// The read index on this node; `None` when it is not (or no longer) the leader.
+    pub(crate) async fn read_index_local(&self, timeout: Duration) -> Result<Option<u64>> {
+        self.check_quorum_lease()?;
+        let read = tokio::time::timeout(timeout, self.raft.get_read_log_id()).await;
+        match read {
+            Err(_) => Err(Error::unavailable(format!(
+                "Timed out after {timeout:?} waiting for a quorum to confirm the leader"
+            ))),
+            Ok(Ok((read_log_id, _))) => Ok(Some(read_log_id.map_or(0, |log_id| log_id.index))),
+            Ok(Err(RaftError::APIError(_))) => Ok(None),
+            Ok(Err(err)) => Err(Error::unavailable(format!("Database is offline: {err}"))),
+        }
+    }
+
+    /// Answers a forwarded proposal or read index: the value, or "not the leader".
+    pub(crate) fn leader_reply<T: serde::Serialize>(result: Result<Option<T>>) -> Result<Vec<u8>> {
+        match result? {
+            Some(value) => network::encode(&value),
+            None => Err(Error::unavailable("This member is not the leader")),
+        }
+    }
+
+    /// Encodes the result of a local Raft call as a transport reply.
+    pub(crate) fn rpc_reply<T: serde::Serialize, E: serde::Serialize>(
+        result: std::result::Result<T, E>,
+    ) -> Result<Vec<u8>> {
+        RpcReply::encode(result)
+    }
+
+    /// A connection to the local state machine for a transaction: pooled, and reopened after
+    /// a snapshot replaced the database file.
+    pub(crate) fn take_connection(&self) -> Result<(u64, Connection)> {
+        let generation = self.state_machine.generation();
+        let pooled = {
+            let mut pool = self
+                .pool
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            pool.retain(|(opened_in, _)| *opened_in == generation);
+            pool.pop()
+        };
+        match pooled {
+            Some(entry) => Ok(entry),
+            None => state_machine::open_reader(&self.dir)
+                .map(|conn| (generation, conn))
+                .map_err(|err| Error::internal(format!("Failed to open the database: {err}"))),
+        }
+    }
+
+    /// Returns a connection taken with [`Database::take_connection`].
+    pub(crate) fn return_connection(&self, entry: (u64, Connection)) {
+        let mut pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if entry.0 == self.state_machine.generation() && pool.len() < MAX_POOLED_CONNECTIONS {
+            pool.push(entry);
+        }
+    }
+
+    /// Stops the Raft node.
+    pub async fn shutdown(&self) {
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!("Raft did not stop cleanly: {err}");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The Raft transport (SPEC §5.9): RPCs between members over their mTLS core listeners, at
+//! `/core/internal/raft/{append,vote,snapshot}`, with `postcard` bodies.
+//!
+//! Each peer gets one pooled, persistent [`Client`] that presents this member's server
+//! certificate and pins the cluster certificate. A reply is `postcard(RpcReply<T>)`: either the
+//! peer's Raft answer or its Raft error (carried as JSON, since openraft's error types are only
+//! known to serialize with self-describing formats). Failures to reach a peer are reported as
+//! `Unreachable` so openraft backs off; other transport failures as `Network`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{MemberNode, NodeId, TypeConfig};
+use crate::certs::CertKeyPair;
+use crate::client::Client;
+use crate::{Error, ErrorKind, Result};
+
+/// Path of the append-entries (and heartbeat) RPC.
+pub const APPEND_PATH: &str = "/core/internal/raft/append";
+/// Path of the vote RPC.
+pub const VOTE_PATH: &str = "/core/internal/raft/vote";
+/// Path of the install-snapshot RPC (one chunk per call).
+pub const SNAPSHOT_PATH: &str = "/core/internal/raft/snapshot";
+
+/// The answer of a Raft RPC: the peer's result, or its Raft error as JSON.
+#[derive(Serialize, Deserialize)]
+pub enum RpcReply<T> {
+    /// The peer's answer.
+    Ok(T),
+    /// The peer's Raft error, serialized with `serde_json`.
+    RaftError(String),
+}
+
+impl<T: Serialize> RpcReply<T> {
+    /// Encodes the result of a local Raft call as the reply body.
+    pub fn encode<E: Serialize>(result: std::result::Result<T, E>) -> Result<Vec<u8>> {
+        let reply =
+            match result {
+                Ok(value) => RpcReply::Ok(value),
+                Err(err) => RpcReply::RaftError(serde_json::to_string(&err).map_err(|err| {
+                    Error::internal(format!("Failed to encode a Raft error: {err}"))
+                })?),
+            };
+        encode(&reply)
+    }
+}
+
+/// Encodes a Raft message with `postcard`.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(value)
+        .map_err(|err| Error::internal(format!("Failed to encode a Raft message: {err}")))
+}
+
+/// Decodes a Raft message encoded by [`encode`]; garbage is a 400.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes)
+        .map_err(|err| Error::invalid(format!("Failed to decode a Raft message: {err}")))
+}
+
+/// The credentials members use to reach each other: this member's server certificate as the
+/// TLS client identity, and the cluster certificate every core listener presents.
+#[derive(Clone)]
+pub struct PeerCredentials {
+    /// This member's `server.crt`/`server.key`.
+    pub identity: CertKeyPair,
+    /// The cluster certificate, PEM.
+    pub cluster_cert_pem: String,
+}
+
+impl PeerCredentials {
+    /// A client of the member at `address`.
+    pub fn client(&self, address: &str) -> Result<Client> {
+        Client::remote(address, &self.cluster_cert_pem, Some(&self.identity))
+    }
+}
+
+/// Creates the connection to each peer for openraft. Cheap to clone.
+#[derive(Clone)]
+pub struct Network {
+    credentials: Arc<RwLock<PeerCredentials>>,
+}
+
+impl Network {
+    /// A network using `credentials`.
+    pub fn new(credentials: PeerCredentials) -> Network {
+        Network {
+            credentials: Arc::new(RwLock::new(credentials)),
+        }
+    }
+
+    /// The current credentials.
+    pub fn credentials(&self) -> PeerCredentials {
+        self.credentials
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            address: node.address.clone(),
+            client: self.credentials().client(&node.address),
+        }
+    }
+}
+
+/// The transport to one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    address: String,
+    /// The client, or why none could be made (an invalid address or certificate).
+    client: Result<Client>,
+}
+
+type RpcResult<T, E> = std::result::Result<T, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = self
+            .client
+            .as_ref()
+            .map_err(|err| RPCError::Unreachable(Unreachable::new(err)))?;
+        let body = encode(request).map_err(|err| RPCError::Network(NetworkError::new(&err)))?;
+        let answer = client
+            .post_binary(path, Bytes::from(body), timeout)
+            .await
+            .map_err(|err| {
+                let err = err.context(format!("Raft RPC to {}: ", self.address));
+                match err.kind() {
+                    // Not listening, refused, timed out or shutting down: back off.
+                    ErrorKind::Unavailable | ErrorKind::Timeout => {
+                        RPCError::Unreachable(Unreachable::new(&err))
+                    }
+                    _ => RPCError::Network(NetworkError::new(&err)),
+                }
+            })?;
+        match decode::<RpcReply<Resp>>(&answer) {
+            Ok(RpcReply::Ok(response)) => Ok(response),
+            Ok(RpcReply::RaftError(json)) => {
+                match serde_json::from_str::<RaftError<NodeId, E>>(&json) {
+                    Ok(err) => Err(RPCError::RemoteError(RemoteError::new(self.target, err))),
+                    Err(err) => Err(RPCError::Network(NetworkError::new(&err))),
+                }
+            }
+            Err(err) => Err(RPCError::Network(NetworkError::new(&err))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(APPEND_PATH, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(SNAPSHOT_PATH, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(VOTE_PATH, &rpc, option.hard_ttl()).await
+    }
+}

@@ -1,0 +1,404 @@
+//! Serializable transactions from any member (DESIGN §4.2).
+//!
+//! The caller's closure runs against the local state machine database inside `BEGIN …
+//! ROLLBACK`, with the SQLite session extension recording its changes and an authorizer
+//! recording the tables it reads (and refusing schema changes). A closure that changed
+//! nothing is a read: in the default linearizable mode its result stands only if the state it
+//! read was at least the leader's read index, else it runs again on fresher state. A closure
+//! that changed rows yields a changeset, proposed with its base index and read tables; every
+//! member applies it, or turns it into the same no-op if a table it read was written after its
+//! base. A conflicted transaction runs again, a bounded number of times.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::session::Session;
+use rusqlite::types::Value;
+use rusqlite::{Connection, Params};
+
+use super::node::Database;
+use super::raft::state_machine::{self, INTERNAL_TABLE_PREFIX};
+use super::raft::{Command, CommandResult};
+use super::sql_text;
+use crate::{Error, ErrorKind, Result};
+
+/// The default time a transaction may take, retries included (SPEC §11.1).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many times a conflicted transaction runs before `Conflict` is returned.
+const MAX_ATTEMPTS: u32 = 20;
+
+/// The error a closure gets for DDL (SPEC §12).
+pub const SCHEMA_CHANGE_REFUSED: &str =
+    "Schema changes are only allowed through schema updates or the SQL API";
+
+/// Pragmas whose argument names a table or index to describe (the session extension uses
+/// them too): allowed in transactions, unlike pragmas that change settings.
+const INTROSPECTION_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+];
+
+/// How fresh the reads of a transaction are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Reads see every write acknowledged before the transaction began (read index).
+    #[default]
+    Linearizable,
+    /// Reads see this member's local state, which may lag the leader. Writes are still
+    /// serializable.
+    Local,
+}
+
+/// The rows of a query: column names and values.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rows {
+    /// The column names.
+    pub columns: Vec<String>,
+    /// The rows, each with one value per column.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// The handle a transaction closure works with.
+pub struct Tx<'c> {
+    conn: &'c Connection,
+}
+
+impl Tx<'_> {
+    /// Runs a query and returns all its rows.
+    pub fn query(&mut self, sql: &str, params: impl Params) -> Result<Rows> {
+        let mut stmt = self.conn.prepare(sql).map_err(sql_error)?;
+        let columns: Vec<String> = stmt.column_names().map(str::to_string).collect();
+        let width = columns.len();
+        let rows = stmt
+            .query_map(params, |row| {
+                (0..width).map(|i| row.get::<_, Value>(i)).collect()
+            })
+            .map_err(sql_error)?
+            .collect::<rusqlite::Result<Vec<Vec<Value>>>>()
+            .map_err(sql_error)?;
+        Ok(Rows { columns, rows })
+    }
+
+    /// Runs a statement that returns no rows and returns how many rows it changed.
+    pub fn execute(&mut self, sql: &str, params: impl Params) -> Result<usize> {
+        self.conn.execute(sql, params).map_err(sql_error)
+    }
+
+    /// The underlying connection, for the library's own statement runners (SQL API).
+    pub(crate) fn connection(&self) -> &Connection {
+        self.conn
+    }
+}
+
+/// A SQLite error met by a statement of the caller: bad input, except lock contention, which
+/// is `Unavailable` (and makes the transaction run again holding the write lock from `BEGIN`).
+fn sql_error(err: rusqlite::Error) -> Error {
+    match err.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            Error::unavailable(format!("Database is busy: {err}"))
+        }
+        _ => Error::invalid(err.to_string()),
+    }
+}
+
+/// What one run of the closure produced.
+struct Run<T> {
+    result: Result<T>,
+    base: u64,
+    read_tables: Vec<String>,
+    changeset: Vec<u8>,
+}
+
+/// What the authorizer saw during one run.
+#[derive(Default)]
+struct Observed {
+    read_tables: Mutex<BTreeSet<String>>,
+    refused: Mutex<Option<&'static str>>,
+}
+
+impl Observed {
+    fn refuse(&self, why: &'static str) -> Authorization {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        Authorization::Deny
+    }
+
+    /// The authorizer: records table reads, refuses DDL, transaction control, attached
+    /// databases, pragma writes and writes to the library's bookkeeping tables.
+    fn authorize(&self, ctx: AuthContext<'_>) -> Authorization {
+        let internal = |table: &str| table.starts_with(INTERNAL_TABLE_PREFIX);
+        match ctx.action {
+            AuthAction::Read { table_name, .. } => {
+                if !table_name.starts_with("sqlite_") && !internal(table_name) {
+                    self.read_tables
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(table_name.to_string());
+                }
+                Authorization::Allow
+            }
+            AuthAction::Insert { table_name }
+            | AuthAction::Delete { table_name }
+            | AuthAction::Update { table_name, .. }
+                if internal(table_name) =>
+            {
+                self.refuse("The library's internal tables cannot be written")
+            }
+            AuthAction::Select
+            | AuthAction::Insert { .. }
+            | AuthAction::Delete { .. }
+            | AuthAction::Update { .. }
+            | AuthAction::Function { .. }
+            | AuthAction::Recursive
+            | AuthAction::Savepoint { .. } => Authorization::Allow,
+            AuthAction::Pragma {
+                pragma_name,
+                pragma_value,
+            } => {
+                if pragma_value.is_none() || INTROSPECTION_PRAGMAS.contains(&pragma_name) {
+                    Authorization::Allow
+                } else {
+                    self.refuse("Pragmas that change settings are not allowed in a transaction")
+                }
+            }
+            AuthAction::Transaction { .. } => {
+                self.refuse("Transaction control statements are not allowed inside a transaction")
+            }
+            AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
+                self.refuse("Attaching databases is not allowed in a transaction")
+            }
+            _ => self.refuse(SCHEMA_CHANGE_REFUSED),
+        }
+    }
+}
+
+/// Runs `f` once on `conn` inside `BEGIN … ROLLBACK` and captures what it did. `immediate`
+/// takes the write lock at `BEGIN` (used after an optimistic run lost a race for it).
+fn run_once<T, F>(conn: &mut Connection, f: &mut F, immediate: bool) -> Result<Run<T>>
+where
+    F: FnMut(&mut Tx<'_>) -> Result<T>,
+{
+    let internal = |err: rusqlite::Error| Error::internal(format!("Transaction failed: {err}"));
+    conn.execute_batch(if immediate {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN"
+    })
+    .map_err(internal)?;
+    let run = capture(conn, f);
+    let cleared = conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+    let rolled_back = conn.execute_batch("ROLLBACK");
+    let run = run?;
+    cleared.map_err(internal)?;
+    rolled_back.map_err(internal)?;
+    Ok(run)
+}
+
+fn capture<T, F>(conn: &mut Connection, f: &mut F) -> Result<Run<T>>
+where
+    F: FnMut(&mut Tx<'_>) -> Result<T>,
+{
+    let internal = |err: rusqlite::Error| Error::internal(format!("Transaction failed: {err}"));
+    let base = state_machine::applied_index(conn)?;
+    let observed = Arc::new(Observed::default());
+    let authorizer = observed.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| authorizer.authorize(ctx)))
+        .map_err(internal)?;
+    let conn: &Connection = conn;
+    let mut session = Session::new(conn).map_err(internal)?;
+    session.attach::<&str>(None).map_err(internal)?;
+    let mut result = f(&mut Tx { conn });
+    let mut changeset = Vec::new();
+    session.changeset_strm(&mut changeset).map_err(internal)?;
+    drop(session);
+    if let Some(why) = *observed.refused.lock().unwrap_or_else(|p| p.into_inner()) {
+        result = Err(Error::invalid(why));
+    }
+    let read_tables = std::mem::take(
+        &mut *observed
+            .read_tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    Ok(Run {
+        result,
+        base,
+        read_tables: read_tables.into_iter().collect(),
+        changeset,
+    })
+}
+
+/// Whether a run failed on lock contention, typically `SQLITE_BUSY_SNAPSHOT`: the state it
+/// started reading from became stale before its first write.
+fn lost_write_race<T>(run: &Result<T>) -> bool {
+    matches!(run, Err(err) if err.kind() == ErrorKind::Unavailable)
+}
+
+impl Database {
+    /// Runs `f` as a serializable transaction on the replicated database (SPEC §11.1) and
+    /// returns its result once its changes, if any, are committed through the Raft log.
+    ///
+    /// `f` may run several times (after conflicts); nothing it does is kept unless it returns
+    /// `Ok`. Schema changes inside `f` are refused.
+    pub async fn transaction<T, F>(
+        self: &Arc<Self>,
+        mode: ReadMode,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut f = f;
+        let mut conflicts = 0;
+        let mut immediate = false;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("Transaction timed out after {timeout:?}"),
+                ));
+            }
+            let db = self.clone();
+            let (returned_f, run) = tokio::task::spawn_blocking(move || {
+                let mut entry = match db.take_connection() {
+                    Ok(entry) => entry,
+                    Err(err) => return (f, Err(err)),
+                };
+                let run = run_once(&mut entry.1, &mut f, immediate);
+                db.return_connection(entry);
+                (f, run)
+            })
+            .await
+            .map_err(|err| Error::internal(format!("Transaction closure panicked: {err}")))?;
+            f = returned_f;
+            let run = run?;
+            if lost_write_race(&run.result) && !immediate {
+                immediate = true;
+                continue;
+            }
+            match (run.result, run.changeset.is_empty()) {
+                (Ok(value), false) => {
+                    let command = Command::Changeset {
+                        base: run.base,
+                        read_tables: run.read_tables,
+                        changeset: run.changeset,
+                    };
+                    let (index, outcome) = self.propose(command, deadline).await?;
+                    match outcome {
+                        CommandResult::Applied { .. } => {
+                            // Read-your-writes on this member.
+                            self.wait_applied(index, deadline).await?;
+                            return Ok(value);
+                        }
+                        CommandResult::Conflict { reason } => {
+                            conflicts += 1;
+                            if conflicts >= MAX_ATTEMPTS {
+                                return Err(Error::new(
+                                    ErrorKind::Conflict,
+                                    format!(
+                                        "Transaction conflicted with concurrent writes {conflicts} times; last: {reason}"
+                                    ),
+                                ));
+                            }
+                            tracing::debug!("Transaction conflict, running it again: {reason}");
+                            tokio::time::sleep(backoff(conflicts)).await;
+                        }
+                        CommandResult::Failed { message } => return Err(Error::invalid(message)),
+                    }
+                }
+                (result, _) => {
+                    if mode == ReadMode::Local {
+                        return result;
+                    }
+                    let read_index = self.read_index(deadline).await?;
+                    if run.base >= read_index {
+                        return result;
+                    }
+                    self.wait_applied(read_index, deadline).await?;
+                }
+            }
+        }
+    }
+}
+
+/// A short random pause before running a conflicted transaction again, growing with the
+/// number of conflicts so contending members spread out.
+fn backoff(conflicts: u32) -> Duration {
+    let cap_micros = 500u64 << conflicts.min(6);
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    Duration::from_micros(u64::from_le_bytes(bytes) % cap_micros)
+}
+
+impl Database {
+    /// Runs the statements of `query` for the SQL API (SPEC §12), each in its own transaction,
+    /// stopping at the first error: DDL is replicated as SQL text, everything else runs as a
+    /// transaction (so `random()` or `datetime('now')` are evaluated once, by this member).
+    /// Returns `{"Results":[…]}`.
+    pub async fn sql(self: &Arc<Self>, query: &str) -> Result<serde_json::Value> {
+        let statements = sql_text::split_statements(query);
+        if statements.is_empty() {
+            return Err(Error::invalid("No query provided"));
+        }
+        let deadline = Instant::now() + DEFAULT_TIMEOUT;
+        let mut results = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = if sql_text::is_schema_change(&statement) {
+                let (index, outcome) = self
+                    .propose(Command::Sql { sql: statement }, deadline)
+                    .await?;
+                match outcome {
+                    CommandResult::Applied { .. } => {
+                        self.wait_applied(index, deadline).await?;
+                        serde_json::json!({"type": "exec", "columns": [], "rows": [], "rows_affected": 0})
+                    }
+                    CommandResult::Failed { message }
+                    | CommandResult::Conflict { reason: message } => {
+                        return Err(Error::invalid(sql_text::error_text(false, &message)));
+                    }
+                }
+            } else {
+                self.transaction(ReadMode::Linearizable, remaining, move |tx| {
+                    let conn = tx.connection();
+                    sql_text::run_query(conn, &statement).map_err(|err| {
+                        let returns_rows =
+                            sql_text::returns_rows(conn, &statement).unwrap_or(false);
+                        match sql_error(err) {
+                            busy if busy.kind() == ErrorKind::Unavailable => busy,
+                            err => {
+                                Error::invalid(sql_text::error_text(returns_rows, &err.message()))
+                            }
+                        }
+                    })
+                })
+                .await?
+            };
+            results.push(result);
+        }
+        Ok(serde_json::json!({ "Results": results }))
+    }
+
+    /// The SQL dump of the database (SPEC §12), without the library's bookkeeping tables;
+    /// only the schema with `schema_only`.
+    pub async fn dump(self: &Arc<Self>, schema_only: bool) -> Result<String> {
+        self.transaction(ReadMode::Linearizable, DEFAULT_TIMEOUT, move |tx| {
+            sql_text::dump(tx.connection(), schema_only, INTERNAL_TABLE_PREFIX)
+                .map_err(|err| Error::internal(format!("Failed to dump the database: {err}")))
+        })
+        .await
+    }
+}

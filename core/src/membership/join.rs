@@ -1,0 +1,130 @@
+//! Join, the joiner's side (SPEC §7.3 J1–J6, J10).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::Method;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::daemon::{Daemon, DatabaseState};
+use crate::db::schema::INTERNAL_VERSION;
+use crate::db::tx::DEFAULT_TIMEOUT;
+use crate::member_config::MemberConfig;
+use crate::rest::tls;
+use crate::token::JoinToken;
+use crate::trust::Remote;
+use crate::types::{ClusterMember, TokenResponse};
+use crate::{Error, Result, certs};
+
+use super::admission::RaftJoinRequest;
+
+/// Path of the joiner's request to be added to Raft (SPEC §7.3 J5).
+pub(crate) const RAFT_JOIN_PATH: &str = "/core/internal/raft/join";
+
+/// Runs J1–J6: admission by one of the token's addresses, then Raft membership.
+pub(super) async fn run(daemon: &Arc<Daemon>, config: &MemberConfig, token: &str) -> Result<()> {
+    let token = JoinToken::decode(token)?;
+    let dir = &daemon.state_dir;
+    let identity = certs::load_pair(&dir.server_cert(), &dir.server_key())?;
+    let request = ClusterMember {
+        name: config.name.clone(),
+        address: config.address.clone(),
+        certificate: identity.cert_pem.clone(),
+        schema_internal_version: INTERNAL_VERSION,
+        schema_external_version: daemon.schema_updates.len() as u64,
+        extensions: daemon.extensions.clone(),
+        secret: token.secret.clone(),
+        ..ClusterMember::default()
+    };
+    let body = serde_json::to_value(&request)
+        .map_err(|err| Error::internal(format!("Failed to encode the join request: {err}")))?;
+
+    // J2: the first address that admits us; a 4xx answer is final.
+    let mut failures = Vec::new();
+    let mut admitted = None;
+    for address in &token.join_addresses {
+        match ask_admission(address, &token.fingerprint, &identity, &body).await {
+            Ok(response) => {
+                admitted = Some(response);
+                break;
+            }
+            Err(err) if (400..500).contains(&err.http_status()) => return Err(err),
+            Err(err) => failures.push(format!("{address}: {}", err.message())),
+        }
+    }
+    let response = admitted.ok_or_else(|| {
+        Error::unavailable(format!(
+            "Failed to join cluster with any of the {} join addresses: {}",
+            token.join_addresses.len(),
+            failures.join("; ")
+        ))
+    })?;
+
+    // J3
+    let cluster = certs::CertKeyPair {
+        cert_pem: response.cluster_cert.clone(),
+        key_pem: response.cluster_key.clone(),
+    };
+    certs::write_pair(&dir.cluster_cert(), &dir.cluster_key(), &cluster)?;
+    for member in &response.cluster_members {
+        daemon.truststore.add(member.clone())?;
+    }
+    daemon.truststore.add(Remote {
+        name: config.name.clone(),
+        address: config.address.clone(),
+        certificate: identity.cert_pem.clone(),
+    })?;
+
+    // J4, J5
+    daemon.set_member(Some(config.clone()));
+    daemon.set_database_state(DatabaseState::Starting);
+    daemon.start_core_listener(&config.address).await?;
+    let db = daemon.open_database(true).await?;
+    let join = RaftJoinRequest {
+        name: config.name.clone(),
+        address: config.address.clone(),
+        certificate: identity.cert_pem.clone(),
+        node_id: db.id(),
+        failure_domain: config.failure_domain,
+    };
+    let join = serde_json::to_value(&join)
+        .map_err(|err| Error::internal(format!("Failed to encode the Raft join request: {err}")))?;
+    let trusted = Client::remote(
+        &response.trusted_member.address,
+        &response.cluster_cert,
+        Some(&identity),
+    )?
+    .with_timeout(DEFAULT_TIMEOUT * 2);
+    let role: String = trusted
+        .query(Method::POST, RAFT_JOIN_PATH, Some(&join))
+        .await
+        .map_err(|err| err.context("Failed to join Raft: "))?;
+
+    // J6 (the version check of SPEC §11.5 belongs to rolling upgrades).
+    db.apply_schema_updates(&daemon.schema_updates, Instant::now() + DEFAULT_TIMEOUT)
+        .await?;
+    daemon.set_database_state(DatabaseState::Online);
+    tracing::info!("Joined the cluster as {} with role {role}", config.name);
+    Ok(())
+}
+
+/// J2 for one address: checks the certificate it presents against the token's fingerprint,
+/// then asks it to admit us.
+async fn ask_admission(
+    address: &str,
+    fingerprint: &str,
+    identity: &certs::CertKeyPair,
+    body: &Value,
+) -> Result<TokenResponse> {
+    let presented = tls::fetch_server_certificate(address).await?;
+    let found = certs::fingerprint_pem(&presented)?;
+    if found != fingerprint {
+        return Err(Error::unavailable(format!(
+            "cluster certificate fingerprint mismatch (expected {fingerprint}, got {found})"
+        )));
+    }
+    Client::remote(address, &presented, Some(identity))?
+        .query(Method::POST, "/core/internal/cluster", Some(body))
+        .await
+}

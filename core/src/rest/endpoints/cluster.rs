@@ -1,0 +1,125 @@
+//! `/core/1.0/cluster`, `/core/1.0/tokens/{name}` and the internal membership endpoints:
+//! admission (`/core/internal/cluster`), Raft join and truststore notifications.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::{Value, json};
+
+use crate::daemon::{Daemon, DatabaseState};
+use crate::db::ReadMode;
+use crate::db::tx::DEFAULT_TIMEOUT;
+use crate::membership::{self, members, tokens};
+use crate::rest::envelope::Response;
+use crate::rest::router::{Action, Endpoint, Request, handler};
+use crate::trust::Remote;
+use crate::types::ClusterMember;
+use crate::{Error, Result};
+
+/// How long each member gets to answer the readiness probe of `GET /core/1.0/cluster`.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// `GET /core/1.0/cluster` (SPEC §8.5).
+pub(super) fn members() -> Endpoint {
+    Endpoint::new("core/1.0/cluster")
+        .before_init()
+        .get(Action::trusted(handler(get_members)))
+}
+
+async fn get_members(daemon: Arc<Daemon>, _request: Request) -> Result<Response> {
+    let state = daemon.database_state();
+    if !matches!(state, DatabaseState::Online | DatabaseState::Waiting { .. }) {
+        return Err(Error::unavailable(state.text()));
+    }
+    let db = daemon.database()?;
+    let rows = db
+        .transaction(ReadMode::Linearizable, DEFAULT_TIMEOUT, members::list)
+        .await?;
+    let own = daemon.member_address();
+    let probes = rows.into_iter().map(|member| {
+        let daemon = daemon.clone();
+        let own = own.clone();
+        async move {
+            let ready = match Some(&member.address) == own.as_ref() {
+                true => daemon.is_ready(),
+                false => match daemon.peer_client(&member.address) {
+                    Ok(client) => client
+                        .with_timeout(PROBE_TIMEOUT)
+                        .query::<Value>(Method::GET, "/core/1.0/ready", None)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                },
+            };
+            ClusterMember {
+                status: if ready { "ONLINE" } else { "UNREACHABLE" }.to_string(),
+                ..member
+            }
+        }
+    });
+    let members = futures::future::join_all(probes).await;
+    Ok(Response::sync(json!(members)))
+}
+
+/// `DELETE /core/1.0/tokens/{name}`.
+pub(super) fn token() -> Endpoint {
+    Endpoint::new("core/1.0/tokens/{name}").delete(Action::trusted(handler(delete_token)))
+}
+
+async fn delete_token(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let name = request.vars.get("name").cloned().unwrap_or_default();
+    tokens::revoke(&daemon, name).await?;
+    Ok(Response::empty())
+}
+
+/// `POST /core/internal/cluster`: admission of a joiner holding a token (SPEC §7.3 A1–A6).
+pub(super) fn admission() -> Endpoint {
+    Endpoint::new("core/internal/cluster")
+        .before_init()
+        .post(Action::untrusted(handler(post_admission)))
+}
+
+async fn post_admission(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let joiner: ClusterMember = request.json()?;
+    let response = membership::admit(daemon, joiner).await?;
+    Ok(Response::sync(json!(response)))
+}
+
+/// `POST /core/internal/raft/join` (SPEC §7.3 J5).
+pub(super) fn raft_join() -> Endpoint {
+    Endpoint::new("core/internal/raft/join")
+        .before_init()
+        .network_only()
+        .post(Action::trusted(handler(post_raft_join)))
+}
+
+async fn post_raft_join(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let role = membership::raft_join(daemon, request.json()?).await?;
+    Ok(Response::sync(json!(role)))
+}
+
+/// `POST /core/internal/truststore`: trust a member, and tell the others unless this is a
+/// notification.
+pub(super) fn truststore() -> Endpoint {
+    Endpoint::new("core/internal/truststore")
+        .before_init()
+        .post(Action::trusted(handler(post_truststore)))
+}
+
+async fn post_truststore(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let remote: Remote = request.json()?;
+    let others = daemon.truststore.list();
+    daemon.truststore.add(remote.clone())?;
+    if !request.is_notification() {
+        daemon
+            .notify(
+                &others,
+                Method::POST,
+                "/core/internal/truststore",
+                Some(&remote),
+            )
+            .await;
+    }
+    Ok(Response::empty())
+}

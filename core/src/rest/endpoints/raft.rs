@@ -1,0 +1,74 @@
+//! `/core/internal/raft/…`: the Raft transport (SPEC §5.9), and the two RPCs followers send
+//! the leader (proposals and read indexes). Binary bodies; trusted members only; served before
+//! init and during shutdown, since the Raft node answers until it has stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+
+use crate::Result;
+use crate::daemon::Daemon;
+use crate::db::Database;
+use crate::db::raft::network::{self, APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use crate::db::raft::{Command, NodeId, TypeConfig};
+use crate::db::{PROPOSE_PATH, READ_INDEX_PATH};
+use crate::rest::envelope::Response;
+use crate::rest::router::{Action, Endpoint, Handler, Request, handler};
+
+/// How long a forwarded proposal or read index may take on the leader.
+const LEADER_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn raft_endpoint(path: &str, handler: Handler) -> Endpoint {
+    Endpoint::new(path.trim_start_matches('/'))
+        .binary()
+        .before_init()
+        .during_shutdown()
+        .network_only()
+        .post(Action::trusted(handler))
+}
+
+/// The Raft transport endpoints.
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        raft_endpoint(APPEND_PATH, handler(append)),
+        raft_endpoint(VOTE_PATH, handler(vote)),
+        raft_endpoint(SNAPSHOT_PATH, handler(snapshot)),
+        raft_endpoint(PROPOSE_PATH, handler(propose)),
+        raft_endpoint(READ_INDEX_PATH, handler(read_index)),
+    ]
+}
+
+async fn append(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let rpc: AppendEntriesRequest<TypeConfig> = network::decode(&request.raw)?;
+    let db = daemon.database()?;
+    let reply = Database::rpc_reply(db.raft().append_entries(rpc).await)?;
+    Ok(Response::binary(reply))
+}
+
+async fn vote(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let rpc: VoteRequest<NodeId> = network::decode(&request.raw)?;
+    let db = daemon.database()?;
+    let reply = Database::rpc_reply(db.raft().vote(rpc).await)?;
+    Ok(Response::binary(reply))
+}
+
+async fn snapshot(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let rpc: InstallSnapshotRequest<TypeConfig> = network::decode(&request.raw)?;
+    let db = daemon.database()?;
+    let reply = Database::rpc_reply(db.raft().install_snapshot(rpc).await)?;
+    Ok(Response::binary(reply))
+}
+
+async fn propose(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let command: Command = network::decode(&request.raw)?;
+    let db = daemon.database()?;
+    let reply = Database::leader_reply(db.propose_local(command, LEADER_RPC_TIMEOUT).await)?;
+    Ok(Response::binary(reply))
+}
+
+async fn read_index(daemon: Arc<Daemon>, _request: Request) -> Result<Response> {
+    let db = daemon.database()?;
+    let reply = Database::leader_reply(db.read_index_local(LEADER_RPC_TIMEOUT).await)?;
+    Ok(Response::binary(reply))
+}
