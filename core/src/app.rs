@@ -4,17 +4,26 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use hyper::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::client::Client;
 use crate::daemon::{self, Running};
+use crate::db::{ReadMode, Tx, tx};
 use crate::state_dir::StateDir;
-use crate::types::Server;
+use crate::types::{ClusterMember, Control, Server, TokenRecord, TokenRequest};
 use crate::{Error, ErrorKind, Result, certs, runtime};
 
 /// The default interval between heartbeat rounds.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long bootstrap and join may take (SPEC §16.2 gives the CLI 30 s; a join may wait for
+/// a leader and a catch-up, so the library allows more).
+const INIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How often `ready` polls the daemon.
 const READY_POLL: Duration = Duration::from_millis(500);
@@ -173,6 +182,146 @@ impl App {
         runtime::run(async move { client.query(Method::GET, "/core/1.0", None).await }).await
     }
 
+    /// Bootstraps a new cluster with this member as its first voter (SPEC §7.2). `config` is
+    /// handed to the init hooks.
+    pub async fn new_cluster(
+        &self,
+        name: &str,
+        address: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.init(Control {
+            bootstrap: true,
+            config,
+            address: address.to_string(),
+            name: name.to_string(),
+            ..Control::default()
+        })
+        .await
+    }
+
+    /// Joins the cluster that issued `token` (SPEC §7.3). When it returns, the member is
+    /// online with its final role.
+    pub async fn join_cluster(
+        &self,
+        name: &str,
+        address: &str,
+        token: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.init(Control {
+            join_token: token.to_string(),
+            config,
+            address: address.to_string(),
+            name: name.to_string(),
+            ..Control::default()
+        })
+        .await
+    }
+
+    async fn init(&self, control: Control) -> Result<()> {
+        let body = to_json(&control)?;
+        let client = self.local_client().with_timeout(INIT_TIMEOUT);
+        runtime::run(async move {
+            client
+                .query::<Value>(Method::POST, "/core/control", Some(&body))
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Issues a join token for the member `name`, valid for `expire_after` (zero: forever).
+    pub async fn new_join_token(&self, name: &str, expire_after: Duration) -> Result<String> {
+        let request = TokenRequest {
+            name: name.to_string(),
+            expire_after: i64::try_from(expire_after.as_nanos()).unwrap_or(i64::MAX),
+        };
+        self.control(
+            Method::POST,
+            "/core/control/tokens",
+            Some(to_json(&request)?),
+        )
+        .await
+    }
+
+    /// The join tokens that have not expired.
+    pub async fn join_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.control(Method::GET, "/core/control/tokens", None)
+            .await
+    }
+
+    /// Revokes the join token issued for `name`.
+    pub async fn revoke_join_token(&self, name: &str) -> Result<()> {
+        let path = format!("/core/1.0/tokens/{}", path_segment(name));
+        self.control::<Value>(Method::DELETE, &path, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// The cluster members with their roles and status (SPEC §8.5).
+    pub async fn cluster_members(&self) -> Result<Vec<ClusterMember>> {
+        self.control(Method::GET, "/core/1.0/cluster", None).await
+    }
+
+    /// Runs `query` through the SQL API (SPEC §12) and returns `{"Results":[…]}`.
+    pub async fn sql(&self, query: &str) -> Result<Value> {
+        let body = serde_json::json!({ "query": query });
+        self.control(Method::POST, "/core/internal/sql", Some(body))
+            .await
+    }
+
+    /// Runs `f` as a serializable transaction on the replicated database, with linearizable
+    /// reads and the default timeout (SPEC §11.1). The daemon must run in this process.
+    ///
+    /// `f` may run more than once (after conflicts with concurrent writers); only the run
+    /// that returns `Ok` and commits counts.
+    pub async fn transaction<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        self.transaction_with(ReadMode::Linearizable, tx::DEFAULT_TIMEOUT, f)
+            .await
+    }
+
+    /// [`App::transaction`] with an explicit read mode and timeout.
+    pub async fn transaction_with<T, F>(&self, mode: ReadMode, timeout: Duration, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        let daemon = self.daemon()?;
+        runtime::run(async move {
+            let database = daemon.online_database().map_err(|err| {
+                Error::unavailable(format!("Database is not ready yet: {}", err.message()))
+            })?;
+            database.transaction(mode, timeout, f).await
+        })
+        .await
+    }
+
+    /// The daemon running in this process, if any.
+    fn daemon(&self) -> Result<Arc<crate::daemon::Daemon>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(|running| running.daemon.clone())
+            .ok_or_else(|| Error::unavailable("The daemon is not running in this process"))
+    }
+
+    async fn control<T: DeserializeOwned + Send + 'static>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T> {
+        let client = self.local_client();
+        let path = path.to_string();
+        runtime::run(async move { client.query(method, &path, body.as_ref()).await }).await
+    }
+
     /// A client of the member at `address` over mTLS, presenting this member's `server.crt`
     /// and pinning `server_cert_pem`, or this member's `cluster.crt` when `None`.
     pub fn remote_client(&self, address: &str, server_cert_pem: Option<&str>) -> Result<Client> {
@@ -191,4 +340,16 @@ impl App {
     pub fn local_client(&self) -> Client {
         Client::unix(self.state_dir.control_socket())
     }
+}
+
+fn to_json(value: &impl Serialize) -> Result<Value> {
+    serde_json::to_value(value)
+        .map_err(|err| Error::internal(format!("Failed to encode the request: {err}")))
+}
+
+/// Percent-encodes one path segment.
+fn path_segment(segment: &str) -> String {
+    form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }

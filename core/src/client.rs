@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::StatusCode;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, USER_AGENT};
-use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -23,6 +23,9 @@ use tokio_rustls::TlsConnector;
 use crate::certs::CertKeyPair;
 use crate::rest::tls;
 use crate::{Error, ErrorKind, Result, validate};
+
+/// HTTP methods, for [`Client::query`].
+pub use hyper::Method;
 
 /// The default deadline of a request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -191,7 +191,32 @@ impl Daemon {
             .db
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(database.clone());
+        self.spawn_leadership_log(&database);
         Ok(database)
+    }
+
+    /// Logs each change of this member's Raft role, so operators (and tests) can see who
+    /// leads.
+    fn spawn_leadership_log(&self, database: &Database) {
+        let mut metrics = database.raft().metrics();
+        let stop = self.member_token();
+        self.track_member(tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let (state, term) = {
+                    let current = metrics.borrow_and_update();
+                    (current.state, current.current_term)
+                };
+                if last != Some(state) {
+                    tracing::info!("Raft: this member is now {state:?} (term {term})");
+                    last = Some(state);
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = metrics.changed() => if changed.is_err() { return },
+                }
+            }
+        }));
     }
 
     /// Brings the database online: waits for a leader, applies missing schema updates, and

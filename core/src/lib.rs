@@ -28,5 +28,6 @@ pub mod validate;
 pub use app::{App, Args, DEFAULT_HEARTBEAT_INTERVAL, DaemonArgs};
 pub use client::Client;
 pub use daemon::DatabaseState;
+pub use db::{ReadMode, Rows, Tx, Value};
 pub use error::{Error, ErrorKind, Result};
-pub use types::Server;
+pub use types::{ClusterMember, Server, TokenRecord};

@@ -34,7 +34,8 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// A `microd` process; killed when dropped if still running.
 pub struct Microd {
-    child: Child,
+    /// The process.
+    pub child: Child,
     /// Its state directory.
     pub state_dir: PathBuf,
     /// Where its stderr goes.
@@ -126,4 +127,163 @@ pub fn texts(output: &Output) -> (String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A free TCP address on 127.0.0.1 (the port is released before it is returned).
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let port = listener.local_addr().expect("local address").port();
+    format!("127.0.0.1:{port}")
+}
+
+/// A cluster of `microd` processes on one temporary directory, named `c1`, `c2`, ….
+pub struct Cluster {
+    /// The members, in name order; `None` while a member is stopped.
+    pub members: Vec<Option<Microd>>,
+    /// Each member's state directory.
+    pub state_dirs: Vec<PathBuf>,
+    /// Each member's address.
+    pub addresses: Vec<String>,
+    /// Extra `microd` arguments.
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `size` members with `-v` and `extra` arguments, bootstraps `c1` and joins the
+    /// others.
+    pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        let extra = [&["-v"], extra].concat();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state_dirs: Vec<PathBuf> = (1..=size)
+            .map(|i| dir.path().join(format!("c{i}")))
+            .collect();
+        let addresses = (0..size).map(|_| free_address()).collect();
+        let mut cluster = Cluster {
+            members: Vec::new(),
+            state_dirs,
+            addresses,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        for i in 0..size {
+            let member = cluster.spawn(i);
+            cluster.members.push(Some(member));
+        }
+        let address = cluster.addresses[0].clone();
+        cluster.ctl_ok(0, &["init", "c1", &address, "--bootstrap"]);
+        for i in 1..size {
+            let name = format!("c{}", i + 1);
+            let token = cluster.ctl_ok(0, &["tokens", "add", &name]);
+            let address = cluster.addresses[i].clone();
+            cluster.ctl_ok(i, &["init", &name, &address, "--token", token.trim()]);
+        }
+        cluster
+    }
+
+    /// Starts member `i` (index from 0) and waits until it is ready.
+    fn spawn(&self, i: usize) -> Microd {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let member = Microd::spawn(&self.state_dirs[i], &extra);
+        let out = member.ctl(&["waitready", "--timeout", "120"]);
+        assert!(
+            out.status.success(),
+            "c{} did not become ready: {:?}\nlog:\n{}",
+            i + 1,
+            texts(&out),
+            member.log_text()
+        );
+        member
+    }
+
+    /// Starts member `i` again after it was stopped or killed.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].is_none(), "c{} is running", i + 1);
+        let member = self.spawn(i);
+        self.members[i] = Some(member);
+    }
+
+    /// Kills member `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut member) = self.members[i].take() {
+            let _ = member.child.kill();
+            let _ = member.child.wait();
+        }
+    }
+
+    /// Stops member `i` cleanly (`microctl shutdown`).
+    pub fn stop(&mut self, i: usize) {
+        let out = self.ctl(i, &["shutdown"]);
+        assert!(out.status.success(), "{:?}", texts(&out));
+        if let Some(mut member) = self.members[i].take() {
+            assert_eq!(member.wait_exit(), 0, "log:\n{}", member.log_text());
+        }
+    }
+
+    /// Runs `microctl` against member `i`.
+    pub fn ctl(&self, i: usize, args: &[&str]) -> Output {
+        microctl(&self.state_dirs[i], args)
+    }
+
+    /// Runs `microctl` against member `i`, asserts success and returns stdout.
+    pub fn ctl_ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.ctl(i, args);
+        let (stdout, stderr) = texts(&out);
+        assert!(
+            out.status.success(),
+            "microctl {args:?} on c{} failed: {stderr}\nlog:\n{}",
+            i + 1,
+            self.log(i)
+        );
+        stdout
+    }
+
+    /// Member `i`'s log.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.state_dirs[i].with_extension("log")).unwrap_or_default()
+    }
+
+    /// `POST /core/internal/sql` on member `i` over its control socket.
+    pub fn sql(&self, i: usize, query: &str) -> microcluster::Result<serde_json::Value> {
+        let client = microcluster::Client::unix(self.state_dirs[i].join("control.socket"));
+        let body = serde_json::json!({ "query": query });
+        microcluster::runtime::block_on(async move {
+            client
+                .query(
+                    microcluster::client::Method::POST,
+                    "/core/internal/sql",
+                    Some(&body),
+                )
+                .await
+        })
+    }
+
+    /// The rows of a query on member `i`.
+    pub fn select(&self, i: usize, query: &str) -> Vec<serde_json::Value> {
+        let result = self
+            .sql(i, query)
+            .unwrap_or_else(|err| panic!("{query} on c{}: {err}", i + 1));
+        result["Results"][0]["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The SQL dump of member `i`.
+    pub fn dump(&self, i: usize) -> String {
+        self.ctl_ok(i, &["sql", ".dump"])
+    }
+
+    /// The member that currently logs itself as Raft leader, among the running ones.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.members.len()).find(|&i| {
+            self.members[i].is_some()
+                && self
+                    .log(i)
+                    .lines()
+                    .rev()
+                    .find(|line| line.contains("Raft: this member is now"))
+                    .is_some_and(|line| line.contains("now Leader"))
+        })
+    }
 }

@@ -29,6 +29,9 @@ pub const READ_INDEX_PATH: &str = "/core/internal/raft/read-index";
 /// How long a proposal or read index may wait for a leader to be known.
 const LEADER_WAIT_POLL: Duration = Duration::from_millis(20);
 
+/// How often a leader waiting for a quorum checks that it still has one.
+const QUORUM_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Idle pooled connections kept for transactions.
 const MAX_POOLED_CONNECTIONS: usize = 16;
 
@@ -334,18 +337,48 @@ impl Database {
         }
     }
 
+    /// Awaits `work` (a Raft call that needs a quorum) for at most `timeout`, giving up with
+    /// `Unavailable` as soon as this leader has not heard from a quorum for longer than the
+    /// lease: without a quorum the call would wait forever.
+    async fn while_quorum<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        self.check_quorum_lease()?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(done),
+                _ = tokio::time::sleep(QUORUM_CHECK_INTERVAL) => {
+                    self.check_quorum_lease()?;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::unavailable(format!(
+                            "Timed out after {timeout:?} waiting for a quorum to {what}"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
     /// Proposes on this node; `None` when it is not (or no longer) the leader.
     pub(crate) async fn propose_local(
         &self,
         command: Command,
         timeout: Duration,
     ) -> Result<Option<(u64, CommandResult)>> {
-        self.check_quorum_lease()?;
-        let write = tokio::time::timeout(timeout, self.raft.client_write(command)).await;
+        let write = self
+            .while_quorum(
+                timeout,
+                "commit the change",
+                self.raft.client_write(command),
+            )
+            .await;
         match write {
-            Err(_) => Err(Error::unavailable(format!(
-                "Timed out after {timeout:?} waiting for a quorum to commit the change; it may still be applied"
-            ))),
+            Err(err) => Err(err.context("The change may still be applied later: ")),
             Ok(Ok(response)) => Ok(Some((response.log_id.index, response.data))),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Ok(None),
             Ok(Err(err)) => Err(Error::unavailable(format!("Database is offline: {err}"))),
@@ -354,12 +387,11 @@ impl Database {
 
     /// The read index on this node; `None` when it is not (or no longer) the leader.
     pub(crate) async fn read_index_local(&self, timeout: Duration) -> Result<Option<u64>> {
-        self.check_quorum_lease()?;
-        let read = tokio::time::timeout(timeout, self.raft.get_read_log_id()).await;
+        let read = self
+            .while_quorum(timeout, "confirm the leader", self.raft.get_read_log_id())
+            .await;
         match read {
-            Err(_) => Err(Error::unavailable(format!(
-                "Timed out after {timeout:?} waiting for a quorum to confirm the leader"
-            ))),
+            Err(err) => Err(err),
             Ok(Ok((read_log_id, _))) => Ok(Some(read_log_id.map_or(0, |log_id| log_id.index))),
             Ok(Err(RaftError::APIError(_))) => Ok(None),
             Ok(Err(err)) => Err(Error::unavailable(format!("Database is offline: {err}"))),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use microcluster::db::RaftSettings;
 use microcluster::{App, Args, DaemonArgs};
 use microcluster_examples::{exit_code, init_logging, parse_args, parse_duration};
 use tokio::signal::unix::{SignalKind, signal};
@@ -42,6 +43,9 @@ struct Cli {
     /// Print the version and exit.
     #[arg(long)]
     version: bool,
+    /// Build a Raft snapshot (and purge the log behind it) every N entries.
+    #[arg(long, default_value_t = RaftSettings::default().snapshot_every)]
+    snapshot_every: u64,
 }
 
 fn main() -> ExitCode {
@@ -64,7 +68,13 @@ fn run(cli: Cli) -> microcluster::Result<()> {
         heartbeat_interval: cli.heartbeat,
         api_extensions: API_EXTENSIONS.map(String::from).to_vec(),
         schema_updates: SCHEMA_UPDATES.map(String::from).to_vec(),
-        ..DaemonArgs::default()
+        raft: RaftSettings {
+            snapshot_every: cli.snapshot_every,
+            keep_after_snapshot: cli
+                .snapshot_every
+                .min(RaftSettings::default().keep_after_snapshot),
+            ..RaftSettings::default()
+        },
     };
     microcluster::runtime::block_on(async move {
         spawn_signal_handler(app.clone())?;

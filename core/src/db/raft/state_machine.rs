@@ -184,7 +184,13 @@ impl Db {
 
     /// Applies a batch in one transaction; each entry in its own savepoint.
     fn apply(&mut self, entries: Vec<openraft::Entry<TypeConfig>>) -> Res<Vec<CommandResult>> {
-        let tx = self.conn.transaction().or_fail(WRITE_SM)?;
+        // IMMEDIATE: take the write lock before reading, so a transaction's connection that
+        // wrote in between can only make us wait, never fail (a deferred transaction would get
+        // SQLITE_BUSY_SNAPSHOT, which stops the Raft node).
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .or_fail(WRITE_SM)?;
         let mut results = Vec::with_capacity(entries.len());
         let mut last = None;
         for entry in entries {

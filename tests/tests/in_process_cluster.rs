@@ -1,0 +1,269 @@
+//! Three members in one process, driven through the Rust API: bootstrap, join, transactions
+//! from any member with read-modify-write closures, and what closures may not do.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use microcluster::{App, Args, DaemonArgs, ErrorKind, ReadMode, Value, runtime};
+use microcluster_it::free_address;
+
+/// A member started in this process; stopped when dropped.
+struct Member {
+    app: Arc<App>,
+    daemon: Option<std::thread::JoinHandle<microcluster::Result<()>>>,
+}
+
+impl Member {
+    fn start(dir: &Path) -> Member {
+        let app = Arc::new(
+            App::new(Args {
+                state_dir: Some(dir.to_path_buf()),
+                ..Args::default()
+            })
+            .unwrap(),
+        );
+        let running = app.clone();
+        let daemon = std::thread::spawn(move || {
+            runtime::block_on(async move {
+                running
+                    .start(DaemonArgs {
+                        version: "1.0".into(),
+                        schema_updates: vec![
+                            "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+                                .into(),
+                        ],
+                        ..DaemonArgs::default()
+                    })
+                    .await
+            })
+        });
+        let ready = app.clone();
+        runtime::block_on(async move { ready.ready(Some(Duration::from_secs(60))).await }).unwrap();
+        Member {
+            app,
+            daemon: Some(daemon),
+        }
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(
+            Arc<App>,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = microcluster::Result<T>> + Send>>,
+    ) -> microcluster::Result<T> {
+        runtime::block_on(f(self.app.clone()))
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let app = self.app.clone();
+        let _ = runtime::block_on(async move { app.stop().await });
+        if let Some(daemon) = self.daemon.take() {
+            let _ = daemon.join();
+        }
+    }
+}
+
+fn counter(tx: &mut microcluster::Tx<'_>, name: &str) -> microcluster::Result<i64> {
+    let rows = tx.query("SELECT value FROM counters WHERE name = ?1", [name])?;
+    Ok(match rows.rows.first().map(|row| &row[0]) {
+        Some(Value::Integer(value)) => *value,
+        _ => 0,
+    })
+}
+
+fn three_members(dir: &Path) -> Vec<Member> {
+    let members: Vec<Member> = (1..=3)
+        .map(|i| Member::start(&dir.join(format!("c{i}"))))
+        .collect();
+    let first = free_address();
+    members[0]
+        .run(move |app| {
+            Box::pin(async move { app.new_cluster("c1", &first, BTreeMap::new()).await })
+        })
+        .unwrap();
+    for (i, member) in members.iter().enumerate().skip(1) {
+        let name = format!("c{}", i + 1);
+        let token_name = name.clone();
+        let token = members[0]
+            .run(move |app| {
+                Box::pin(async move {
+                    app.new_join_token(&token_name, Duration::from_secs(600))
+                        .await
+                })
+            })
+            .unwrap();
+        let address = free_address();
+        member
+            .run(move |app| {
+                Box::pin(async move {
+                    app.join_cluster(&name, &address, &token, BTreeMap::new())
+                        .await
+                })
+            })
+            .unwrap();
+    }
+    members
+}
+
+#[test]
+fn read_modify_write_transactions_from_every_member_are_serializable() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = Arc::new(three_members(dir.path()));
+
+    let roles = members[2]
+        .run(|app| Box::pin(async move { app.cluster_members().await }))
+        .unwrap();
+    assert_eq!(
+        roles
+            .iter()
+            .map(|m| (m.name.as_str(), m.role.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("c1", "voter"), ("c2", "voter"), ("c3", "voter")]
+    );
+
+    // Read, decide, write — from two members at once.
+    const PER_MEMBER: i64 = 25;
+    let workers: Vec<_> = [0usize, 2]
+        .into_iter()
+        .map(|i| {
+            let members = members.clone();
+            std::thread::spawn(move || {
+                for _ in 0..PER_MEMBER {
+                    members[i]
+                        .run(|app| {
+                            Box::pin(async move {
+                                app.transaction(|tx| {
+                                    let value = counter(tx, "hits")?;
+                                    tx.execute(
+                                        "INSERT OR REPLACE INTO counters (name, value) VALUES ('hits', ?1)",
+                                        [value + 1],
+                                    )?;
+                                    Ok(())
+                                })
+                                .await
+                            })
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    // Read back on the third member: linearizable, so at once.
+    let value = members[1]
+        .run(|app| Box::pin(async move { app.transaction(|tx| counter(tx, "hits")).await }))
+        .unwrap();
+    assert_eq!(value, 2 * PER_MEMBER);
+    // A local read on any member converges to the same value.
+    let local = members[2]
+        .run(|app| {
+            Box::pin(async move {
+                app.transaction_with(ReadMode::Local, Duration::from_secs(10), |tx| {
+                    counter(tx, "hits")
+                })
+                .await
+            })
+        })
+        .unwrap();
+    assert!(local <= 2 * PER_MEMBER);
+}
+
+#[test]
+fn closures_cannot_change_the_schema_and_failed_closures_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = three_members(dir.path());
+
+    let err = members[1]
+        .run(|app| {
+            Box::pin(async move {
+                app.transaction(|tx| {
+                    tx.execute("CREATE TABLE sneaky (id INTEGER PRIMARY KEY)", [])?;
+                    Ok(())
+                })
+                .await
+            })
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "Schema changes are only allowed through schema updates or the SQL API"
+    );
+
+    let err = members[1]
+        .run(|app| {
+            Box::pin(async move {
+                app.transaction(|tx| {
+                    tx.execute("INSERT INTO counters (name, value) VALUES ('ghost', 1)", [])?;
+                    Err::<(), _>(microcluster::Error::invalid("changed my mind"))
+                })
+                .await
+            })
+        })
+        .unwrap_err();
+    assert_eq!(err.message(), "changed my mind");
+
+    let err = members[0]
+        .run(|app| {
+            Box::pin(async move {
+                app.transaction(|tx| {
+                    tx.execute(
+                        "INSERT INTO counters (name, value) VALUES ('nulled', NULL)",
+                        [],
+                    )?;
+                    Ok(())
+                })
+                .await
+            })
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains("NOT NULL constraint failed"),
+        "{err}"
+    );
+
+    for member in &members {
+        let ghosts = member
+            .run(|app| {
+                Box::pin(async move {
+                    app.transaction(|tx| {
+                        Ok(tx.query("SELECT count(*) FROM counters", [])?.rows[0][0].clone())
+                    })
+                    .await
+                })
+            })
+            .unwrap();
+        assert_eq!(ghosts, Value::Integer(0));
+    }
+    // The schema is untouched on every member.
+    let tables = members[2]
+        .run(|app| {
+            Box::pin(async move {
+                app.sql("SELECT name FROM sqlite_schema WHERE name = 'sneaky'")
+                    .await
+            })
+        })
+        .unwrap();
+    assert_eq!(tables["Results"][0]["rows"], serde_json::json!([]));
+}
+
+#[test]
+fn transactions_need_a_running_daemon_in_this_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new(Args {
+        state_dir: Some(dir.path().join("idle")),
+        ..Args::default()
+    })
+    .unwrap();
+    let err = runtime::block_on(async move { app.transaction(|_tx| Ok(())).await }).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(err.message(), "The daemon is not running in this process");
+}
