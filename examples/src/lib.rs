@@ -8,6 +8,15 @@ use serde_json::{Map, Value};
 
 pub mod output;
 
+/// The example application's API extensions (SPEC §16.1).
+pub const API_EXTENSIONS: [&str; 2] = ["custom_extension_a_0", "custom_extension_a_1"];
+
+/// The example application's schema updates (SPEC §16.1).
+pub const SCHEMA_UPDATES: [&str; 2] = [
+    "CREATE TABLE extended_table (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, UNIQUE(key));",
+    "CREATE TABLE some_other_table (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, field_one TEXT NOT NULL, field_two TEXT NOT NULL, UNIQUE(field_one), UNIQUE(field_two));",
+];
+
 /// Parses a duration written as Go writes them: `3h`, `1h30m`, `1.5s`, `500ms`, `0`.
 ///
 /// ```

@@ -3,6 +3,7 @@
 
 pub mod identity;
 mod node;
+mod proposer;
 pub mod raft;
 pub mod schema;
 pub mod sql_text;

@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use rusqlite::Connection;
 
+use super::proposer::Proposer;
 use super::raft::log_store::LogStore;
 use super::raft::network::{self, Network, PeerCredentials, RpcReply};
 use super::raft::state_machine::{self, StateMachine};
@@ -28,9 +29,6 @@ pub const READ_INDEX_PATH: &str = "/core/internal/raft/read-index";
 
 /// How long a proposal or read index may wait for a leader to be known.
 const LEADER_WAIT_POLL: Duration = Duration::from_millis(20);
-
-/// How often a leader waiting for a quorum checks that it still has one.
-const QUORUM_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Idle pooled connections kept for transactions.
 const MAX_POOLED_CONNECTIONS: usize = 16;
@@ -80,7 +78,7 @@ impl RaftSettings {
 
     /// How long without a quorum acknowledgement a leader still accepts work: beyond this it
     /// has most likely lost its quorum and callers get `Unavailable` instead of waiting.
-    fn quorum_lease(&self) -> Duration {
+    pub(crate) fn quorum_lease(&self) -> Duration {
         self.election_timeout.1 * 3
     }
 
@@ -100,6 +98,8 @@ pub struct Database {
     /// Connections for transactions, with the state machine generation they were opened in.
     pool: Mutex<Vec<(u64, Connection)>>,
     state_machine: StateMachine,
+    /// Group commit of proposals while this member leads.
+    proposer: Proposer,
     /// Clients of the leaders this member forwarded to, by address.
     leaders: Mutex<HashMap<String, Client>>,
 }
@@ -119,7 +119,9 @@ impl Database {
         let raft = Raft::new(id, config, network.clone(), log, state_machine.clone())
             .await
             .map_err(|err| Error::internal(format!("Failed to start Raft: {err}")))?;
+        let proposer = Proposer::start(raft.clone(), settings.clone());
         Ok(Database {
+            proposer,
             raft,
             id,
             dir: dir.to_path_buf(),
@@ -324,70 +326,20 @@ impl Database {
         network::decode(&answer)
     }
 
-    /// Fails with `Unavailable` when this leader has not heard from a quorum for a while.
-    fn check_quorum_lease(&self) -> Result<()> {
-        let since_ack = self.raft.metrics().borrow().millis_since_quorum_ack;
-        match since_ack {
-            Some(millis) if Duration::from_millis(millis) > self.settings.quorum_lease() => {
-                Err(Error::unavailable(format!(
-                    "The cluster has lost its quorum: no majority of voters answered the leader for {millis} ms"
-                )))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Awaits `work` (a Raft call that needs a quorum) for at most `timeout`, giving up with
-    /// `Unavailable` as soon as this leader has not heard from a quorum for longer than the
-    /// lease: without a quorum the call would wait forever.
-    async fn while_quorum<T>(
-        &self,
-        timeout: Duration,
-        what: &str,
-        work: impl std::future::Future<Output = T>,
-    ) -> Result<T> {
-        self.check_quorum_lease()?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut work = std::pin::pin!(work);
-        loop {
-            tokio::select! {
-                done = &mut work => return Ok(done),
-                _ = tokio::time::sleep(QUORUM_CHECK_INTERVAL) => {
-                    self.check_quorum_lease()?;
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(Error::unavailable(format!(
-                            "Timed out after {timeout:?} waiting for a quorum to {what}"
-                        )));
-                    }
-                }
-            }
-        }
-    }
-
     /// Proposes on this node; `None` when it is not (or no longer) the leader.
     pub(crate) async fn propose_local(
         &self,
         command: Command,
         timeout: Duration,
     ) -> Result<Option<(u64, CommandResult)>> {
-        let write = self
-            .while_quorum(
-                timeout,
-                "commit the change",
-                self.raft.client_write(command),
-            )
-            .await;
-        match write {
-            Err(err) => Err(err.context("The change may still be applied later: ")),
-            Ok(Ok(response)) => Ok(Some((response.log_id.index, response.data))),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Ok(None),
-            Ok(Err(err)) => Err(Error::unavailable(format!("Database is offline: {err}"))),
-        }
+        self.proposer.propose(command, timeout).await
     }
 
     /// The read index on this node; `None` when it is not (or no longer) the leader.
     pub(crate) async fn read_index_local(&self, timeout: Duration) -> Result<Option<u64>> {
         let read = self
+            .proposer
+            .quorum()
             .while_quorum(timeout, "confirm the leader", self.raft.get_read_log_id())
             .await;
         match read {
@@ -431,6 +383,11 @@ impl Database {
                 .map(|conn| (generation, conn))
                 .map_err(|err| Error::internal(format!("Failed to open the database: {err}"))),
         }
+    }
+
+    /// The gate the writers of the local database pass.
+    pub(crate) fn write_gate(&self) -> state_machine::WriteGate {
+        self.state_machine.write_gate()
     }
 
     /// Returns a connection taken with [`Database::take_connection`].

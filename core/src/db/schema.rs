@@ -197,6 +197,7 @@ impl Database {
             CommandResult::Conflict { reason } => {
                 Err(Error::new(crate::ErrorKind::Conflict, reason))
             }
+            CommandResult::Batch { .. } => Err(super::tx::unexpected_batch()),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! base. A conflicted transaction runs again, a bounded number of times.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,9 @@ struct Run<T> {
 struct Observed {
     read_tables: Mutex<BTreeSet<String>>,
     refused: Mutex<Option<&'static str>>,
+    /// Set once the closure has returned: the session extension's own queries (it reads the
+    /// changed rows to build the changeset) are not reads of the transaction.
+    closure_done: AtomicBool,
 }
 
 impl Observed {
@@ -139,7 +143,10 @@ impl Observed {
         let internal = |table: &str| table.starts_with(INTERNAL_TABLE_PREFIX);
         match ctx.action {
             AuthAction::Read { table_name, .. } => {
-                if !table_name.starts_with("sqlite_") && !internal(table_name) {
+                if !table_name.starts_with("sqlite_")
+                    && !internal(table_name)
+                    && !self.closure_done.load(Ordering::SeqCst)
+                {
                     self.read_tables
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -218,6 +225,7 @@ where
     let mut session = Session::new(conn).map_err(internal)?;
     session.attach::<&str>(None).map_err(internal)?;
     let mut result = f(&mut Tx { conn });
+    observed.closure_done.store(true, Ordering::SeqCst);
     let mut changeset = Vec::new();
     session.changeset_strm(&mut changeset).map_err(internal)?;
     drop(session);
@@ -272,12 +280,16 @@ impl Database {
                 ));
             }
             let db = self.clone();
+            let gate = self.write_gate();
             let (returned_f, run) = tokio::task::spawn_blocking(move || {
                 let mut entry = match db.take_connection() {
                     Ok(entry) => entry,
                     Err(err) => return (f, Err(err)),
                 };
-                let run = run_once(&mut entry.1, &mut f, immediate);
+                let run = {
+                    let _gate = gate.enter();
+                    run_once(&mut entry.1, &mut f, immediate)
+                };
                 db.return_connection(entry);
                 (f, run)
             })
@@ -317,6 +329,7 @@ impl Database {
                             tokio::time::sleep(backoff(conflicts)).await;
                         }
                         CommandResult::Failed { message } => return Err(Error::invalid(message)),
+                        CommandResult::Batch { .. } => return Err(unexpected_batch()),
                     }
                 }
                 (result, _) => {
@@ -332,6 +345,12 @@ impl Database {
             }
         }
     }
+}
+
+/// The error for a batch result where one command was proposed (the proposer splits batch
+/// results, so this would be a bug).
+pub(crate) fn unexpected_batch() -> Error {
+    Error::internal("A single proposal got the result of a batch")
 }
 
 /// A short random pause before running a conflicted transaction again, growing with the
@@ -370,6 +389,7 @@ impl Database {
                     | CommandResult::Conflict { reason: message } => {
                         return Err(Error::invalid(sql_text::error_text(false, &message)));
                     }
+                    CommandResult::Batch { .. } => return Err(unexpected_batch()),
                 }
             } else {
                 self.transaction(ReadMode::Linearizable, remaining, move |tx| {

@@ -12,15 +12,6 @@ use microcluster::{App, Args, DaemonArgs};
 use microcluster_examples::{exit_code, init_logging, parse_args, parse_duration};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// The example application's API extensions (SPEC §16.1).
-const API_EXTENSIONS: [&str; 2] = ["custom_extension_a_0", "custom_extension_a_1"];
-
-/// The example application's schema updates (SPEC §16.1).
-const SCHEMA_UPDATES: [&str; 2] = [
-    "CREATE TABLE extended_table (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, UNIQUE(key));",
-    "CREATE TABLE some_other_table (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, field_one TEXT NOT NULL, field_two TEXT NOT NULL, UNIQUE(field_one), UNIQUE(field_two));",
-];
-
 /// Example daemon of a microcluster member.
 #[derive(Parser)]
 #[command(name = "microd", disable_version_flag = true)]
@@ -66,8 +57,12 @@ fn run(cli: Cli) -> microcluster::Result<()> {
     let args = DaemonArgs {
         version: env!("CARGO_PKG_VERSION").to_string(),
         heartbeat_interval: cli.heartbeat,
-        api_extensions: API_EXTENSIONS.map(String::from).to_vec(),
-        schema_updates: SCHEMA_UPDATES.map(String::from).to_vec(),
+        api_extensions: microcluster_examples::API_EXTENSIONS
+            .map(String::from)
+            .to_vec(),
+        schema_updates: microcluster_examples::SCHEMA_UPDATES
+            .map(String::from)
+            .to_vec(),
         raft: RaftSettings {
             snapshot_every: cli.snapshot_every,
             keep_after_snapshot: cli

@@ -53,6 +53,12 @@ pub enum Command {
         /// The SQLite changeset (session extension format).
         changeset: Vec<u8>,
     },
+    /// Commands proposed together (group commit): applied in order, each on its own, as if
+    /// each were an entry at the batch's index.
+    Batch {
+        /// The commands, never batches themselves.
+        commands: Vec<Command>,
+    },
 }
 
 /// The outcome of applying one log entry.
@@ -74,6 +80,11 @@ pub enum CommandResult {
     Failed {
         /// The SQLite error.
         message: String,
+    },
+    /// The results of a [`Command::Batch`], in order.
+    Batch {
+        /// One result per command.
+        results: Vec<CommandResult>,
     },
 }
 

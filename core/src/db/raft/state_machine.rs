@@ -168,10 +168,11 @@ struct Db {
     dir: PathBuf,
     conn: Connection,
     written: Written,
+    gate: WriteGate,
 }
 
 impl Db {
-    fn open(dir: &Path) -> Res<Db> {
+    fn open(dir: &Path, gate: WriteGate) -> Res<Db> {
         std::fs::create_dir_all(dir.join("snapshots")).or_fail(WRITE_SM)?;
         let written = Written::default();
         let conn = open_connection(&dir.join(DB_FILE), &written).or_fail(WRITE_SM)?;
@@ -179,11 +180,13 @@ impl Db {
             dir: dir.to_path_buf(),
             conn,
             written,
+            gate,
         })
     }
 
     /// Applies a batch in one transaction; each entry in its own savepoint.
     fn apply(&mut self, entries: Vec<openraft::Entry<TypeConfig>>) -> Res<Vec<CommandResult>> {
+        let _gate = self.gate.enter();
         // IMMEDIATE: take the write lock before reading, so a transaction's connection that
         // wrote in between can only make us wait, never fail (a deferred transaction would get
         // SQLITE_BUSY_SNAPSHOT, which stops the Raft node).
@@ -202,23 +205,15 @@ impl Db {
                     write_meta(&tx, META, "membership", &stored, WRITE_SM)?;
                     CommandResult::Applied { rows_affected: 0 }
                 }
+                EntryPayload::Normal(Command::Batch { commands }) => {
+                    let mut results = Vec::with_capacity(commands.len());
+                    for command in &commands {
+                        results.push(Db::apply_recorded(&self.written, &tx, index, command)?);
+                    }
+                    CommandResult::Batch { results }
+                }
                 EntryPayload::Normal(command) => {
-                    take(&self.written);
-                    let result = apply_command(&tx, index, &command)?;
-                    let mut written = take(&self.written);
-                    if matches!(command, Command::Sql { .. }) {
-                        written.insert(SCHEMA_MARKER.to_string());
-                    }
-                    if matches!(result, CommandResult::Applied { .. }) {
-                        for table in written {
-                            tx.execute(
-                                "INSERT OR REPLACE INTO _microcluster_table_writes (name, idx) VALUES (?1, ?2)",
-                                params![table, index as i64],
-                            )
-                            .or_fail(WRITE_SM)?;
-                        }
-                    }
-                    result
+                    Db::apply_recorded(&self.written, &tx, index, &command)?
                 }
             };
             last = Some(entry.log_id);
@@ -229,6 +224,31 @@ impl Db {
         }
         tx.commit().or_fail(WRITE_SM)?;
         Ok(results)
+    }
+
+    /// Applies one command of entry `index` and records the tables it wrote at that index.
+    fn apply_recorded(
+        written: &Written,
+        tx: &rusqlite::Transaction<'_>,
+        index: u64,
+        command: &Command,
+    ) -> Res<CommandResult> {
+        take(written);
+        let result = apply_command(tx, index, command)?;
+        let mut written = take(written);
+        if matches!(command, Command::Sql { .. }) {
+            written.insert(SCHEMA_MARKER.to_string());
+        }
+        if matches!(result, CommandResult::Applied { .. }) {
+            for table in written {
+                tx.execute(
+                    "INSERT OR REPLACE INTO _microcluster_table_writes (name, idx) VALUES (?1, ?2)",
+                    params![table, index as i64],
+                )
+                .or_fail(WRITE_SM)?;
+            }
+        }
+        Ok(result)
     }
 
     /// Makes a snapshot of the current state the current snapshot.
@@ -253,6 +273,7 @@ impl Db {
     /// Installs the snapshot written to [`RECEIVED_FILE`], after checking that it holds the
     /// state `meta` announces: it becomes the current snapshot, and a copy of it the database.
     fn install_snapshot(&mut self, meta: &Meta) -> Res<()> {
+        let _gate = self.gate.enter();
         let received = self.dir.join(RECEIVED_FILE);
         let found = snapshot_meta(&received, WRITE_SNAPSHOT)?;
         if found.last_log_id != meta.last_log_id {
@@ -332,6 +353,10 @@ fn apply_command(
     }
     tx.execute_batch("SAVEPOINT entry").or_fail(WRITE_SM)?;
     let outcome = match command {
+        // Proposers never nest batches; a nested one is refused the same way everywhere.
+        Command::Batch { .. } => CommandResult::Failed {
+            message: "nested batches are not supported".to_string(),
+        },
         Command::Sql { sql } => {
             let before = tx.total_changes();
             match tx.execute_batch(sql) {
@@ -396,11 +421,27 @@ fn conflict_name(kind: ConflictType) -> String {
     }
 }
 
+/// Serialises the writers of the state machine database inside this process: the apply
+/// thread and transaction closures take turns, waiting on a mutex rather than polling
+/// SQLite's lock with sleeps.
+#[derive(Clone, Default)]
+pub struct WriteGate(Arc<Mutex<()>>);
+
+impl WriteGate {
+    /// Waits for the turn to write; the turn ends when the guard is dropped.
+    pub fn enter(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// The state machine handed to openraft. Cloning shares the writer thread.
 #[derive(Clone)]
 pub struct StateMachine {
     db: Worker<Db>,
     dir: PathBuf,
+    gate: WriteGate,
     /// Bumped each time a snapshot replaces the database file: connections opened before
     /// point at the old file.
     generation: Arc<AtomicU64>,
@@ -412,13 +453,20 @@ impl StateMachine {
         let failed = |err: &dyn std::fmt::Display| {
             crate::Error::internal(format!("Failed to open the database in {dir:?}: {err}"))
         };
-        let db = Db::open(dir).map_err(|err| failed(&err))?;
+        let gate = WriteGate::default();
+        let db = Db::open(dir, gate.clone()).map_err(|err| failed(&err))?;
         let db = Worker::spawn("microcluster-db", db).map_err(|err| failed(&err))?;
         Ok(StateMachine {
             db,
             dir: dir.to_path_buf(),
+            gate,
             generation: Arc::default(),
         })
+    }
+
+    /// The gate writers of the database pass (see [`WriteGate`]).
+    pub fn write_gate(&self) -> WriteGate {
+        self.gate.clone()
     }
 
     /// The number of snapshots installed since the database was opened.

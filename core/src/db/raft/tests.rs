@@ -212,6 +212,55 @@ impl
     }
 }
 
+#[tokio::test]
+async fn a_batch_applies_each_command_on_its_own_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path()).unwrap();
+    sm.apply(vec![entry(1, sql(KV))]).await.unwrap();
+    let insert = |k: &str, read_tables: Vec<String>| Command::Changeset {
+        base: 1,
+        read_tables,
+        changeset: changeset(&[], &format!("INSERT INTO kv VALUES ('{k}', 'x')")),
+    };
+    let batch = Command::Batch {
+        commands: vec![
+            insert("a", vec![]),
+            // Read kv at base 1; the first command of this batch wrote kv since: a conflict.
+            insert("b", vec!["kv".into()]),
+            // Inserts the row the first command inserted: a changeset conflict.
+            insert("a", vec![]),
+            insert("c", vec![]),
+            Command::Batch { commands: vec![] },
+        ],
+    };
+    let results = sm.apply(vec![entry(2, batch)]).await.unwrap();
+    let CommandResult::Batch { results } = &results[0] else {
+        panic!("{results:?}");
+    };
+    assert!(
+        matches!(results[0], CommandResult::Applied { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[1], CommandResult::Conflict { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[2], CommandResult::Conflict { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[3], CommandResult::Applied { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[4], CommandResult::Failed { .. }),
+        "{results:?}"
+    );
+    let rows = dump(dir.path());
+    assert_eq!(rows.keys().collect::<Vec<_>>(), ["a", "c"]);
+}
+
 #[test]
 fn openraft_storage_suite_passes() {
     openraft::testing::Suite::test_all(SuiteBuilder).unwrap();
