@@ -158,12 +158,14 @@ impl BenchCluster {
         let mut children = Vec::new();
         for i in 2..=members {
             let name = format!("c{i}");
+            let log =
+                std::fs::File::create(dir.join(format!("{name}.log"))).map_err(Error::from)?;
             let child = Command::new(microd)
                 .arg("--state-dir")
                 .arg(dir.join(&name))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
+                .stderr(log)
                 .spawn()
                 .map_err(|err| Error::from(err).context("Failed to start microd: "))?;
             children.push((name, child));
@@ -282,6 +284,9 @@ impl BenchCluster {
     }
 
     fn stop(self) {
+        let app = self.app.clone();
+        let _ = microcluster::runtime::block_on(async move { app.stop().await });
+        let _ = self.daemon.join();
         for (_, mut child) in self.children {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
@@ -289,9 +294,6 @@ impl BenchCluster {
             );
             let _ = child.wait();
         }
-        let app = self.app.clone();
-        let _ = microcluster::runtime::block_on(async move { app.stop().await });
-        let _ = self.daemon.join();
     }
 }
 
