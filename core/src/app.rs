@@ -50,6 +50,8 @@ pub struct DaemonArgs {
     pub schema_updates: Vec<String>,
     /// Raft timings and log compaction; the defaults suit most clusters.
     pub raft: crate::db::RaftSettings,
+    /// The application's lifecycle hooks (SPEC §10); none by default.
+    pub hooks: crate::hooks::HookSet,
 }
 
 /// One cluster member: its state directory and, while [`App::start`] runs, its daemon.

@@ -14,6 +14,7 @@ use crate::certs;
 use crate::client::Client;
 use crate::db::raft::network::PeerCredentials;
 use crate::db::{self, Database, RaftSettings};
+use crate::hooks::{HookSet, State};
 use crate::member_config::MemberConfig;
 use crate::rest::{endpoints, router::Router, server, tls};
 use crate::state_dir::StateDir;
@@ -93,6 +94,8 @@ pub(crate) struct Daemon {
     pub schema_updates: Vec<String>,
     /// Raft timings and compaction.
     pub raft_settings: RaftSettings,
+    /// The application's lifecycle hooks.
+    pub hooks: HookSet,
     db: RwLock<Option<Arc<Database>>>,
     pub truststore: Truststore,
     pub router: Router,
@@ -136,6 +139,11 @@ impl Daemon {
             .database
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The State handed to hooks.
+    pub fn state(self: &Arc<Self>) -> State {
+        State::new(self.clone())
     }
 
     /// Sets the state of the database.
@@ -545,6 +553,7 @@ async fn serve(
         extensions,
         schema_updates: args.schema_updates,
         raft_settings: args.raft,
+        hooks: args.hooks,
         db: RwLock::new(None),
         truststore,
         router: Router::new(endpoints::all()),
@@ -595,6 +604,16 @@ async fn serve(
 
 async fn start_services(daemon: &Arc<Daemon>, member: Option<&MemberConfig>) -> Result<()> {
     daemon.spawn_truststore_watcher();
+    start_member_services(daemon, member).await?;
+    daemon
+        .hooks
+        .0
+        .on_start(daemon.state())
+        .await
+        .map_err(|err| err.context("Failed to run post-start hook: "))
+}
+
+async fn start_member_services(daemon: &Arc<Daemon>, member: Option<&MemberConfig>) -> Result<()> {
     if let Some(member) = member {
         daemon.start_core_listener(&member.address).await?;
         let database = daemon.open_database(false).await?;

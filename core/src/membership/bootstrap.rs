@@ -7,6 +7,7 @@ use crate::daemon::{Daemon, DatabaseState};
 use crate::db::ReadMode;
 use crate::db::raft::MemberNode;
 use crate::db::tx::DEFAULT_TIMEOUT;
+use crate::hooks::InitConfig;
 use crate::member_config::MemberConfig;
 use crate::trust::Remote;
 use crate::types::ClusterMember;
@@ -14,8 +15,12 @@ use crate::{Error, Result, certs};
 
 use super::members;
 
-/// Runs §7.2 steps 1–6 (the hooks of steps 7 are run by the caller's lifecycle).
-pub(super) async fn run(daemon: &Arc<Daemon>, config: &MemberConfig) -> Result<()> {
+/// Runs §7.2 steps 1–7.
+pub(super) async fn run(
+    daemon: &Arc<Daemon>,
+    config: &MemberConfig,
+    init_config: &InitConfig,
+) -> Result<()> {
     let dir = &daemon.state_dir;
     let certificate = std::fs::read_to_string(dir.server_cert())
         .map_err(|err| Error::from(err).context("Failed to read the server certificate: "))?;
@@ -60,6 +65,11 @@ pub(super) async fn run(daemon: &Arc<Daemon>, config: &MemberConfig) -> Result<(
     })
     .await?;
     daemon.set_database_state(DatabaseState::Online);
+    daemon
+        .hooks
+        .0
+        .post_bootstrap(daemon.state(), init_config.clone())
+        .await?;
     tracing::info!(
         "Bootstrapped a new cluster as {} ({})",
         config.name,

@@ -10,6 +10,7 @@ use crate::client::Client;
 use crate::daemon::{Daemon, DatabaseState};
 use crate::db::schema::INTERNAL_VERSION;
 use crate::db::tx::DEFAULT_TIMEOUT;
+use crate::hooks::{InitConfig, names};
 use crate::member_config::MemberConfig;
 use crate::rest::tls;
 use crate::token::JoinToken;
@@ -23,7 +24,12 @@ use super::admission::RaftJoinRequest;
 pub(crate) const RAFT_JOIN_PATH: &str = "/core/internal/raft/join";
 
 /// Runs J1–J6: admission by one of the token's addresses, then Raft membership.
-pub(super) async fn run(daemon: &Arc<Daemon>, config: &MemberConfig, token: &str) -> Result<()> {
+pub(super) async fn run(
+    daemon: &Arc<Daemon>,
+    config: &MemberConfig,
+    token: &str,
+    init_config: &InitConfig,
+) -> Result<()> {
     let token = JoinToken::decode(token)?;
     let dir = &daemon.state_dir;
     let identity = certs::load_pair(&dir.server_cert(), &dir.server_key())?;
@@ -105,6 +111,53 @@ pub(super) async fn run(daemon: &Arc<Daemon>, config: &MemberConfig, token: &str
     db.apply_schema_updates(&daemon.schema_updates, Instant::now() + DEFAULT_TIMEOUT)
         .await?;
     daemon.set_database_state(DatabaseState::Online);
+
+    // J7–J9
+    let hooks = &daemon.hooks.0;
+    hooks.pre_join(daemon.state(), init_config.clone()).await?;
+    let new_member = Remote {
+        name: config.name.clone(),
+        address: config.address.clone(),
+        certificate: identity.cert_pem.clone(),
+    };
+    let peers: Vec<Remote> = daemon
+        .truststore
+        .list()
+        .into_iter()
+        .filter(|peer| peer.name != config.name)
+        .collect();
+    let body = serde_json::json!({ "new_member": new_member });
+    let calls = peers.iter().map(|peer| {
+        let body = body.clone();
+        async move {
+            let path = format!(
+                "/core/internal/hooks/{}?target={}",
+                names::ON_NEW_MEMBER,
+                peer.name
+            );
+            let answered = match daemon.peer_client(&peer.address) {
+                Ok(client) => {
+                    client
+                        .query::<Value>(Method::POST, &path, Some(&body))
+                        .await
+                }
+                Err(err) => Err(err),
+            };
+            match answered {
+                // The peer is still starting (SPEC §7.3 J8).
+                Err(err) if err.http_status() == 503 => {
+                    tracing::warn!("{} did not run OnNewMember: {err}", peer.name);
+                    Ok(())
+                }
+                Err(err) => Err(err.context(format!("OnNewMember on {} failed: ", peer.name))),
+                Ok(_) => Ok(()),
+            }
+        }
+    });
+    for result in futures::future::join_all(calls).await {
+        result?;
+    }
+    hooks.post_join(daemon.state(), init_config.clone()).await?;
     tracing::info!("Joined the cluster as {} with role {role}", config.name);
     Ok(())
 }

@@ -65,11 +65,20 @@ async fn init_locked(daemon: &Arc<Daemon>, control: Control) -> Result<()> {
         ..MemberConfig::default()
     };
     config.save(&daemon.state_dir.daemon_yaml())?;
+    let pre_init = daemon
+        .hooks
+        .0
+        .pre_init(daemon.state(), control.bootstrap, control.config.clone())
+        .await;
+    if let Err(err) = pre_init {
+        remove_file(daemon.state_dir.daemon_yaml());
+        return Err(err.context("Failed to run pre-init hook before starting the API: "));
+    }
     let prepared = certs::ensure_server_cert(&daemon.state_dir, &control.name).map(|_| ());
     let result = match prepared {
         Err(err) => Err(err),
-        Ok(()) if control.bootstrap => bootstrap::run(daemon, &config).await,
-        Ok(()) => join::run(daemon, &config, &control.join_token).await,
+        Ok(()) if control.bootstrap => bootstrap::run(daemon, &config, &control.config).await,
+        Ok(()) => join::run(daemon, &config, &control.join_token, &control.config).await,
     };
     if let Err(err) = &result {
         tracing::error!("Failed to initialise the member, rolling back: {err}");
@@ -85,13 +94,6 @@ pub(crate) async fn reset_local(daemon: &Arc<Daemon>) {
     daemon.set_member(None);
     daemon.set_database_state(DatabaseState::NotInitialized);
     let dir = &daemon.state_dir;
-    let remove_file = |path: std::path::PathBuf| {
-        if let Err(err) = std::fs::remove_file(&path)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!("Reset: failed to remove {path:?}: {err}");
-        }
-    };
     remove_file(dir.daemon_yaml());
     remove_file(dir.cluster_cert());
     remove_file(dir.cluster_key());
@@ -120,5 +122,14 @@ pub(crate) async fn reset_local(daemon: &Arc<Daemon>) {
             }
         }
         Err(err) => tracing::warn!("Reset: failed to read {database:?}: {err}"),
+    }
+}
+
+/// Removes a file if it exists; a failure is logged.
+fn remove_file(path: std::path::PathBuf) {
+    if let Err(err) = std::fs::remove_file(&path)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("Failed to remove {path:?}: {err}");
     }
 }

@@ -7,8 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use std::collections::BTreeMap;
+
 use microcluster::db::RaftSettings;
-use microcluster::{App, Args, DaemonArgs};
+use microcluster::member_config::MemberConfig;
+use microcluster::types::ClusterMemberLocal;
+use microcluster::{
+    App, Args, DaemonArgs, Error, HookFuture, HookSet, Hooks, InitConfig, RoleChange, State,
+};
 use microcluster_examples::{exit_code, init_logging, parse_args, parse_duration};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -70,6 +76,9 @@ fn run(cli: Cli) -> microcluster::Result<()> {
                 .min(RaftSettings::default().keep_after_snapshot),
             ..RaftSettings::default()
         },
+        hooks: HookSet::from(LoggingHooks {
+            fail_pre_join: std::env::var_os("FAIL_PREJOIN").is_some_and(|v| v == "1"),
+        }),
     };
     microcluster::runtime::block_on(async move {
         spawn_signal_handler(app.clone())?;
@@ -106,4 +115,80 @@ fn spawn_signal_handler(app: Arc<App>) -> microcluster::Result<()> {
         }
     });
     Ok(())
+}
+
+/// The example's hooks (SPEC §16.1): each logs one info line; `FAIL_PREJOIN=1` makes PreJoin
+/// fail.
+struct LoggingHooks {
+    fail_pre_join: bool,
+}
+
+fn logged(line: String) -> HookFuture {
+    tracing::info!("{line}");
+    Box::pin(async { Ok(()) })
+}
+
+impl Hooks for LoggingHooks {
+    fn pre_init(&self, state: State, bootstrap: bool, config: InitConfig) -> HookFuture {
+        logged(format!(
+            "PreInit hook: {} bootstrap={bootstrap} config={config:?}",
+            state.name()
+        ))
+    }
+
+    fn post_bootstrap(&self, state: State, config: InitConfig) -> HookFuture {
+        logged(format!(
+            "PostBootstrap hook: {} config={config:?}",
+            state.name()
+        ))
+    }
+
+    fn pre_join(&self, state: State, config: InitConfig) -> HookFuture {
+        if self.fail_pre_join {
+            return Box::pin(async {
+                Err(Error::internal(
+                    "PreJoin failure requested via FAIL_PREJOIN",
+                ))
+            });
+        }
+        logged(format!("PreJoin hook: {} config={config:?}", state.name()))
+    }
+
+    fn post_join(&self, state: State, config: InitConfig) -> HookFuture {
+        logged(format!("PostJoin hook: {} config={config:?}", state.name()))
+    }
+
+    fn on_new_member(&self, state: State, new_member: ClusterMemberLocal) -> HookFuture {
+        logged(format!(
+            "OnNewMember hook: {} sees {}",
+            state.name(),
+            new_member.name
+        ))
+    }
+
+    fn on_start(&self, state: State) -> HookFuture {
+        logged(format!("OnStart hook: {}", state.name()))
+    }
+
+    fn pre_remove(&self, state: State, force: bool) -> HookFuture {
+        logged(format!("PreRemove hook: {} force={force}", state.name()))
+    }
+
+    fn post_remove(&self, state: State, force: bool) -> HookFuture {
+        logged(format!("PostRemove hook: {} force={force}", state.name()))
+    }
+
+    fn on_heartbeat(&self, state: State, roles: BTreeMap<String, RoleChange>) -> HookFuture {
+        logged(format!(
+            "OnHeartbeat hook: {} roles={roles:?}",
+            state.name()
+        ))
+    }
+
+    fn on_daemon_config_update(&self, state: State, config: MemberConfig) -> HookFuture {
+        logged(format!(
+            "OnDaemonConfigUpdate hook: {} config={config:?}",
+            state.name()
+        ))
+    }
 }

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod control;
+mod hooks;
 mod raft;
 mod ready;
 mod root;
@@ -25,6 +26,7 @@ pub(crate) fn all() -> Vec<Endpoint> {
         cluster::raft_join(),
         cluster::truststore(),
         sql::endpoint(),
+        hooks::endpoint(),
     ];
     endpoints.extend(raft::endpoints());
     endpoints
