@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: builds microd and microctl, starts three members on temporary state directories and
 # free loopback ports, bootstraps a cluster on the first, joins the other two with tokens,
-# writes through one member and reads back on every member, then shuts everything down.
+# writes through one member and reads back on every member, removes one member (which resets
+# to un-initialised), then shuts everything down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked --bin microd --bin microctl
@@ -34,6 +35,9 @@ done
 ctl c2 cluster list
 ctl c3 sql "INSERT INTO extended_table (key, value) VALUES ('greeting', 'hello from c3'), ('when', datetime('now'))"
 for i in 1 2 3; do ctl c$i sql "SELECT key, value FROM extended_table ORDER BY key"; done
+ctl c1 cluster remove c3
+ctl c1 cluster list
+ctl c3 status
 for i in 1 2 3; do ctl c$i shutdown; done
 wait
-echo "Demo finished: three members bootstrapped, joined, replicated and stopped cleanly."
+echo "Demo finished: three members bootstrapped, joined, replicated, one removed, all stopped cleanly."

@@ -266,6 +266,36 @@ impl App {
         self.control(Method::GET, "/core/1.0/cluster", None).await
     }
 
+    /// Removes the member `name` from the cluster (SPEC §9). `force` ignores the victim's
+    /// failures; with `address`, it also removes orphans with that address.
+    pub async fn remove_cluster_member(
+        &self,
+        name: &str,
+        force: bool,
+        address: Option<&str>,
+    ) -> Result<()> {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if force {
+            query.append_pair("force", "1");
+        }
+        if let Some(address) = address {
+            query.append_pair("address", address);
+        }
+        let query = query.finish();
+        let mut path = format!("/core/1.0/cluster/{}", path_segment(name));
+        if !query.is_empty() {
+            path = format!("{path}?{query}");
+        }
+        let client = self.local_client().with_timeout(INIT_TIMEOUT);
+        runtime::run(async move {
+            client
+                .query::<Value>(Method::DELETE, &path, None)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// Runs `query` through the SQL API (SPEC §12) and returns `{"Results":[…]}`.
     pub async fn sql(&self, query: &str) -> Result<Value> {
         let body = serde_json::json!({ "query": query });

@@ -98,6 +98,12 @@ pub trait Hooks: Send + Sync + 'static {
     fn on_daemon_config_update(&self, _state: State, _config: MemberConfig) -> HookFuture {
         done()
     }
+
+    /// The `reset` event (not a hook; SPEC §9.4): this member was reset in process, with
+    /// `reason` `removed` or `init_failed`. It is un-initialised now.
+    fn on_reset(&self, _state: State, _reason: String) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async {})
+    }
 }
 
 /// Hooks that do nothing.

@@ -45,13 +45,23 @@ pub struct Microd {
 impl Microd {
     /// Starts `microd --state-dir <state_dir> <extra…>` with stderr to a log file.
     pub fn spawn(state_dir: &Path, extra: &[&str]) -> Microd {
+        Microd::spawn_with_env(state_dir, extra, &[])
+    }
+
+    /// [`Microd::spawn`] with extra environment variables.
+    pub fn spawn_with_env(state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Microd {
         std::fs::create_dir_all(state_dir).expect("create the state dir");
         let log = state_dir.with_extension("log");
-        let stderr = std::fs::File::create(&log).expect("create the log file");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the log file");
         let child = Command::new(binary("microd"))
             .arg("--state-dir")
             .arg(state_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -50,7 +50,7 @@ pub(crate) struct RaftJoinRequest {
 
 /// The leader's address, waiting up to [`LEADER_WAIT`] for one to be known; `None` when this
 /// member leads.
-async fn leader_address(db: &Database) -> Result<Option<String>> {
+pub(super) async fn leader_address(db: &Database) -> Result<Option<String>> {
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     loop {
         match db.leader() {

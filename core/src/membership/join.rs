@@ -67,6 +67,32 @@ pub(super) async fn run(
         ))
     })?;
 
+    let admitted = complete(daemon, config, init_config, &identity, &response).await;
+    if let Err(err) = admitted {
+        return Err(match leave(daemon, config, &response).await {
+            Ok(()) => err,
+            Err(cleanup) => Error::new(
+                err.kind(),
+                format!(
+                    "{}; cleanup on the cluster failed: {}",
+                    err.message(),
+                    cleanup.message()
+                ),
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// J3–J9, once a member admitted us.
+async fn complete(
+    daemon: &Arc<Daemon>,
+    config: &MemberConfig,
+    init_config: &InitConfig,
+    identity: &certs::CertKeyPair,
+    response: &TokenResponse,
+) -> Result<()> {
+    let dir = &daemon.state_dir;
     // J3
     let cluster = certs::CertKeyPair {
         cert_pem: response.cluster_cert.clone(),
@@ -99,7 +125,7 @@ pub(super) async fn run(
     let trusted = Client::remote(
         &response.trusted_member.address,
         &response.cluster_cert,
-        Some(&identity),
+        Some(identity),
     )?
     .with_timeout(DEFAULT_TIMEOUT * 2);
     let role: String = trusted
@@ -160,6 +186,42 @@ pub(super) async fn run(
     hooks.post_join(daemon.state(), init_config.clone()).await?;
     tracing::info!("Joined the cluster as {} with role {role}", config.name);
     Ok(())
+}
+
+/// Asks the cluster to remove this member after a failed join (SPEC §7.4 step 2): first the
+/// member that admitted it, then each other known member, until one succeeds.
+async fn leave(
+    daemon: &Arc<Daemon>,
+    config: &MemberConfig,
+    response: &TokenResponse,
+) -> Result<()> {
+    let identity = certs::load_pair(
+        &daemon.state_dir.server_cert(),
+        &daemon.state_dir.server_key(),
+    )?;
+    let removal = super::Removal {
+        name: config.name.clone(),
+        force: true,
+        address: Some(config.address.clone()),
+        caller_fingerprint: None,
+    };
+    let path = removal.path();
+    let mut failures = Vec::new();
+    let candidates = std::iter::once(&response.trusted_member).chain(
+        response
+            .cluster_members
+            .iter()
+            .filter(|m| m.address != response.trusted_member.address),
+    );
+    for member in candidates {
+        let client = Client::remote(&member.address, &response.cluster_cert, Some(&identity))?
+            .with_timeout(DEFAULT_TIMEOUT);
+        match client.query::<Value>(Method::DELETE, &path, None).await {
+            Ok(_) => return Ok(()),
+            Err(err) => failures.push(format!("{}: {}", member.address, err.message())),
+        }
+    }
+    Err(Error::unavailable(failures.join("; ")))
 }
 
 /// J2 for one address: checks the certificate it presents against the token's fingerprint,

@@ -5,6 +5,7 @@ mod admission;
 mod bootstrap;
 mod join;
 pub(crate) mod members;
+mod remove;
 pub(crate) mod tokens;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::types::Control;
 use crate::{Error, Result, certs, validate};
 
 pub(crate) use admission::{admit, raft_join};
+pub(crate) use remove::{Removal, Removed, remove};
 
 /// `POST /core/control` (SPEC §7.1): bootstraps or joins this member; a failure after the
 /// inputs were accepted is rolled back and leaves the member un-initialised.
@@ -65,12 +67,15 @@ async fn init_locked(daemon: &Arc<Daemon>, control: Control) -> Result<()> {
         ..MemberConfig::default()
     };
     config.save(&daemon.state_dir.daemon_yaml())?;
+    // Hooks from PreInit on see the new name and address.
+    daemon.set_member(Some(config.clone()));
     let pre_init = daemon
         .hooks
         .0
         .pre_init(daemon.state(), control.bootstrap, control.config.clone())
         .await;
     if let Err(err) = pre_init {
+        daemon.set_member(None);
         remove_file(daemon.state_dir.daemon_yaml());
         return Err(err.context("Failed to run pre-init hook before starting the API: "));
     }
@@ -82,47 +87,64 @@ async fn init_locked(daemon: &Arc<Daemon>, control: Control) -> Result<()> {
     };
     if let Err(err) = &result {
         tracing::error!("Failed to initialise the member, rolling back: {err}");
-        reset_local(daemon).await;
+        if let Err(hook_err) = daemon.hooks.0.pre_remove(daemon.state(), true).await {
+            tracing::warn!("PreRemove failed during the rollback: {hook_err}");
+        }
+        reset(daemon, RESET_INIT_FAILED).await;
     }
     result
 }
 
-/// Returns this member to un-initialised: stops its listener and database and deletes
-/// `daemon.yaml`, the database, the truststore and the cluster certificate (SPEC §9.4).
-pub(crate) async fn reset_local(daemon: &Arc<Daemon>) {
+/// Why a member was reset (the `reset` event, SPEC §9.4).
+pub(crate) const RESET_REMOVED: &str = "removed";
+/// A failed bootstrap or join was rolled back.
+pub(crate) const RESET_INIT_FAILED: &str = "init_failed";
+
+/// Resets this member (SPEC §9.4): stops its listener and database, deletes every entry of
+/// the state directory except `control.socket`, re-creates the layout with a new server
+/// certificate for the default name, runs OnStart and delivers the `reset` event.
+pub(crate) async fn reset(daemon: &Arc<Daemon>, reason: &str) {
     daemon.stop_member_services().await;
     daemon.set_member(None);
     daemon.set_database_state(DatabaseState::NotInitialized);
     let dir = &daemon.state_dir;
-    remove_file(dir.daemon_yaml());
-    remove_file(dir.cluster_cert());
-    remove_file(dir.cluster_key());
-    remove_file(dir.cluster_ca());
-    for remote in daemon.truststore.list() {
-        if let Err(err) = daemon.truststore.remove(&remote.name) {
-            tracing::warn!(
-                "Reset: failed to remove truststore entry {:?}: {err}",
-                remote.name
-            );
-        }
-    }
-    let database = dir.database_dir();
-    match std::fs::read_dir(&database) {
+    let socket = dir.control_socket();
+    match std::fs::read_dir(dir.root()) {
         Ok(entries) => {
             for entry in entries.flatten() {
                 let path = entry.path();
-                let removed = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
+                if path == socket {
+                    continue;
+                }
+                let removed = match path.is_dir() && !path.is_symlink() {
+                    true => std::fs::remove_dir_all(&path),
+                    false => std::fs::remove_file(&path),
                 };
                 if let Err(err) = removed {
                     tracing::warn!("Reset: failed to remove {path:?}: {err}");
                 }
             }
         }
-        Err(err) => tracing::warn!("Reset: failed to read {database:?}: {err}"),
+        Err(err) => tracing::warn!("Reset: failed to read {:?}: {err}", dir.root()),
     }
+    if let Err(err) = crate::state_dir::StateDir::open(dir.root()) {
+        tracing::warn!("Reset: failed to re-create the state directory: {err}");
+    }
+    if let Err(err) = daemon.truststore.replace_all(Vec::new()) {
+        tracing::warn!("Reset: failed to empty the truststore: {err}");
+    }
+    if let Err(err) = certs::ensure_server_cert(dir, &certs::hostname()) {
+        tracing::warn!("Reset: failed to create a new server certificate: {err}");
+    }
+    if let Err(err) = daemon.hooks.0.on_start(daemon.state()).await {
+        tracing::warn!("Reset: OnStart failed: {err}");
+    }
+    tracing::info!("Reset finished (reason: {reason})");
+    daemon
+        .hooks
+        .0
+        .on_reset(daemon.state(), reason.to_string())
+        .await;
 }
 
 /// Removes a file if it exists; a failure is logged.

@@ -179,6 +179,12 @@ impl Endpoint {
         self
     }
 
+    /// Sets the PUT action.
+    pub fn put(mut self, action: Action) -> Endpoint {
+        self.put = Some(action);
+        self
+    }
+
     /// Sets the POST action.
     pub fn post(mut self, action: Action) -> Endpoint {
         self.post = Some(action);

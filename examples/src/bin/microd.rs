@@ -129,6 +129,15 @@ fn logged(line: String) -> HookFuture {
 }
 
 impl Hooks for LoggingHooks {
+    fn on_reset(
+        &self,
+        _state: State,
+        reason: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        tracing::warn!("Member was reset (reason: {reason})");
+        Box::pin(async {})
+    }
+
     fn pre_init(&self, state: State, bootstrap: bool, config: InitConfig) -> HookFuture {
         logged(format!(
             "PreInit hook: {} bootstrap={bootstrap} config={config:?}",

@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use crate::daemon::{Daemon, DatabaseState};
 use crate::db::ReadMode;
 use crate::db::tx::DEFAULT_TIMEOUT;
-use crate::membership::{self, members, tokens};
+use crate::membership::{self, Removal, Removed, members, tokens};
+use crate::rest::access::Origin;
 use crate::rest::envelope::Response;
 use crate::rest::router::{Action, Endpoint, Request, handler};
 use crate::trust::Remote;
@@ -25,6 +26,64 @@ pub(super) fn members() -> Endpoint {
     Endpoint::new("core/1.0/cluster")
         .before_init()
         .get(Action::trusted(handler(get_members)))
+}
+
+/// `DELETE /core/1.0/cluster/{name}[?force=1][&address=A]` (SPEC §9).
+pub(super) fn member() -> Endpoint {
+    Endpoint::new("core/1.0/cluster/{name}").delete(Action::trusted(handler(delete_member)))
+}
+
+async fn delete_member(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let param = |name: &str| {
+        request
+            .query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    let caller_fingerprint = match &request.origin {
+        Origin::Network {
+            client_certificate: Some(certificate),
+        } => Some(crate::certs::fingerprint(certificate)),
+        _ => None,
+    };
+    let removal = Removal {
+        name: request.vars.get("name").cloned().unwrap_or_default(),
+        force: param("force").is_some_and(|v| matches!(v.as_str(), "1" | "true")),
+        address: param("address").filter(|a| !a.is_empty()),
+        caller_fingerprint,
+    };
+    match membership::remove(daemon.clone(), removal).await? {
+        Removed::Other => Ok(Response::empty()),
+        Removed::ThisMember => Ok(Response::empty().notify_when_sent(reset_when_sent(daemon))),
+    }
+}
+
+/// Resets this member once the answer that announces it has been sent (at most 30 s later).
+fn reset_when_sent(daemon: Arc<Daemon>) -> tokio::sync::oneshot::Sender<()> {
+    let (sent, when_sent) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(30), when_sent).await;
+        let _serialised = daemon.init_lock.lock().await;
+        membership::reset(&daemon, membership::RESET_REMOVED).await;
+    });
+    sent
+}
+
+/// `PUT /core/internal/cluster/{name}`: resets this member, which was removed (SPEC §9.4).
+pub(super) fn reset() -> Endpoint {
+    Endpoint::new("core/internal/cluster/{name}").put(Action::trusted(handler(put_reset)))
+}
+
+async fn put_reset(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let name = request.vars.get("name").cloned().unwrap_or_default();
+    let own = daemon.server_info().name;
+    if name != own {
+        return Err(Error::invalid(format!(
+            "Cannot reset member {name:?}: this member is {own:?}"
+        )));
+    }
+    Ok(Response::empty().notify_when_sent(reset_when_sent(daemon)))
 }
 
 async fn get_members(daemon: Arc<Daemon>, _request: Request) -> Result<Response> {
@@ -105,6 +164,27 @@ pub(super) fn truststore() -> Endpoint {
     Endpoint::new("core/internal/truststore")
         .before_init()
         .post(Action::trusted(handler(post_truststore)))
+}
+
+/// `DELETE /core/internal/truststore/{name}`: stop trusting a member, and tell the others
+/// unless this is a notification.
+pub(super) fn truststore_entry() -> Endpoint {
+    Endpoint::new("core/internal/truststore/{name}")
+        .before_init()
+        .delete(Action::trusted(handler(delete_truststore)))
+}
+
+async fn delete_truststore(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let name = request.vars.get("name").cloned().unwrap_or_default();
+    let others = daemon.truststore.list();
+    daemon.truststore.remove(&name)?;
+    if !request.is_notification() {
+        let path = format!("/core/internal/truststore/{name}");
+        daemon
+            .notify(&others, Method::DELETE, &path, None::<&Value>)
+            .await;
+    }
+    Ok(Response::empty())
 }
 
 async fn post_truststore(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
