@@ -96,6 +96,10 @@ pub(crate) struct Daemon {
     pub raft_settings: RaftSettings,
     /// The application's lifecycle hooks.
     pub hooks: HookSet,
+    /// The interval between heartbeat rounds.
+    pub heartbeat_interval: Duration,
+    /// When each member last answered this member's heartbeat (while it leads).
+    last_seen: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     db: RwLock<Option<Arc<Database>>>,
     pub truststore: Truststore,
     pub router: Router,
@@ -141,6 +145,29 @@ impl Daemon {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Records that `names` answered a heartbeat at `at`.
+    pub fn record_seen(&self, names: &std::collections::BTreeSet<String>, at: std::time::Instant) {
+        let mut seen = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for name in names {
+            seen.insert(name.clone(), at);
+        }
+    }
+
+    /// The members that answered a heartbeat within `window` (SPEC §8.2 "online").
+    pub fn online_members(&self, window: Duration) -> std::collections::BTreeSet<String> {
+        let seen = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.iter()
+            .filter(|(_, at)| at.elapsed() <= window)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// The State handed to hooks.
     pub fn state(self: &Arc<Self>) -> State {
         State::new(self.clone())
@@ -172,7 +199,7 @@ impl Daemon {
 
     /// Starts Raft on this member's database directory: with a new Raft identity when `create`
     /// (bootstrap, join), else the persisted one.
-    pub async fn open_database(&self, create: bool) -> Result<Arc<Database>> {
+    pub async fn open_database(self: &Arc<Self>, create: bool) -> Result<Arc<Database>> {
         let identity_path = self.state_dir.raft_identity();
         let id = match create {
             true => db::identity::create(&identity_path)?,
@@ -200,6 +227,11 @@ impl Daemon {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(database.clone());
         self.spawn_leadership_log(&database);
+        self.track_member(tokio::spawn(crate::membership::heartbeat::run(
+            self.clone(),
+            self.heartbeat_interval,
+            self.member_token(),
+        )));
         Ok(database)
     }
 
@@ -426,7 +458,16 @@ impl Daemon {
                     _ = tokio::time::sleep(TRUSTSTORE_POLL) => {}
                 }
                 match daemon.truststore.reload_if_changed() {
-                    Ok(true) => tracing::info!("Truststore reloaded after a change on disk"),
+                    Ok(true) => {
+                        tracing::info!("Truststore reloaded after a change on disk");
+                        // SPEC §8.4: the truststore is derived from Raft; repair it.
+                        if let Ok(db) = daemon.database()
+                            && let Err(err) =
+                                crate::membership::heartbeat::repair_truststore(&daemon, &db).await
+                        {
+                            tracing::warn!("Failed to repair the truststore: {err}");
+                        }
+                    }
                     Ok(false) => {}
                     Err(err) => tracing::warn!("Failed to reload the truststore: {err}"),
                 }
@@ -554,6 +595,11 @@ async fn serve(
         schema_updates: args.schema_updates,
         raft_settings: args.raft,
         hooks: args.hooks,
+        heartbeat_interval: match args.heartbeat_interval.is_zero() {
+            true => crate::app::DEFAULT_HEARTBEAT_INTERVAL,
+            false => args.heartbeat_interval,
+        },
+        last_seen: Mutex::new(std::collections::HashMap::new()),
         db: RwLock::new(None),
         truststore,
         router: Router::new(endpoints::all()),

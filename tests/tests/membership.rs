@@ -300,3 +300,93 @@ fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// The pid of member `i`, for signals.
+fn pid(cluster: &Cluster, i: usize) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(cluster.members[i].as_ref().expect("running").pid() as i32)
+}
+
+fn roles(cluster: &Cluster, i: usize) -> Vec<(String, String, String)> {
+    let members = cluster.ctl_ok(i, &["cluster", "list", "-f", "json"]);
+    let members: serde_json::Value = serde_json::from_str(&members).unwrap();
+    members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let field = |key: &str| m[key].as_str().unwrap_or_default().to_string();
+            (field("name"), field("role"), field("status"))
+        })
+        .collect()
+}
+
+#[test]
+fn five_members_have_three_voters_and_a_lost_voter_is_replaced() {
+    let mut cluster = Cluster::start(5, &["--heartbeat", "1s"]);
+    let listed = roles(&cluster, 0);
+    let count = |role: &str, listed: &[(String, String, String)]| {
+        listed.iter().filter(|(_, r, _)| r == role).count()
+    };
+    assert_eq!(count("voter", &listed), 3, "{listed:?}");
+    assert_eq!(count("stand-by", &listed), 2, "{listed:?}");
+
+    // Kill a voter that is not the leader: a stand-by is promoted, the dead voter demoted.
+    let leader = cluster.leader().expect("a leader");
+    let victim = listed
+        .iter()
+        .position(|(name, role, _)| role == "voter" && *name != format!("c{}", leader + 1))
+        .unwrap();
+    cluster.kill(victim);
+    let observer = (0..5).find(|&i| i != victim && i != leader).unwrap();
+    wait_until("a stand-by replaces the lost voter", || {
+        let listed = roles(&cluster, observer);
+        let online_voters = listed
+            .iter()
+            .filter(|(_, role, status)| role == "voter" && status == "ONLINE")
+            .count();
+        let victim_role = &listed[victim].1;
+        online_voters == 3 && victim_role == "spare"
+    });
+}
+
+#[test]
+fn a_paused_member_is_listed_unreachable_without_stalling_the_list() {
+    let cluster = Cluster::start(3, &["--heartbeat", "1s"]);
+    let leader = cluster.leader().expect("a leader");
+    let paused = (0..3).find(|&i| i != leader).unwrap();
+    let asker = (0..3).find(|&i| i != leader && i != paused).unwrap();
+    nix::sys::signal::kill(pid(&cluster, paused), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = std::time::Instant::now();
+    let listed = roles(&cluster, asker);
+    let took = started.elapsed();
+    nix::sys::signal::kill(pid(&cluster, paused), nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(listed[paused].2, "UNREACHABLE", "{listed:?}");
+    assert_eq!(listed[asker].2, "ONLINE", "{listed:?}");
+    // Probes run in parallel with a 1.5 s timeout; this only guards against serial probes or
+    // a probe without a timeout, with room for a loaded machine.
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "cluster list took {took:?}"
+    );
+    eprintln!("cluster list with a paused member took {took:?}");
+}
+
+#[test]
+fn heartbeats_repair_a_truststore_changed_behind_the_daemons_back() {
+    let cluster = Cluster::start(3, &["--heartbeat", "1s"]);
+    let leader = cluster.leader().expect("a leader");
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let entry = cluster.state_dirs[follower].join(format!("truststore/c{}.yaml", leader + 1));
+    std::fs::remove_file(&entry).unwrap();
+    std::fs::write(
+        cluster.state_dirs[follower].join("truststore/stranger.yaml"),
+        "name: stranger\naddress: 127.0.0.1:1\ncertificate: nope\n",
+    )
+    .unwrap();
+    wait_until("the heartbeat restores the truststore", || {
+        entry.exists()
+            && !cluster.state_dirs[follower]
+                .join("truststore/stranger.yaml")
+                .exists()
+    });
+}

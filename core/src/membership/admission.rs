@@ -18,13 +18,10 @@ use crate::trust::Remote;
 use crate::types::{ClusterMember, NEVER, TokenResponse};
 use crate::{Error, Result, token, validate};
 
+use super::heartbeat::{STAND_BYS_TARGET, VOTERS_TARGET};
 use super::join::RAFT_JOIN_PATH;
 use super::members::{self, PENDING, SPARE, STAND_BY, VOTER};
 use super::tokens::{format_time, parse_time};
-
-/// How many voters and stand-bys the leader aims for (SPEC §1.2).
-const VOTERS_TARGET: usize = 3;
-const STAND_BYS_TARGET: usize = 3;
 
 /// How long a non-leader waits for a leader to be known before forwarding (SPEC §7.3 A2).
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -96,6 +93,7 @@ pub(crate) async fn admit(daemon: Arc<Daemon>, request: ClusterMember) -> Result
         return forward(&daemon, &leader, "/core/internal/cluster", &request).await;
     }
     let _serialised = daemon.membership_lock.lock().await;
+    super::heartbeat::reconcile(&db).await?;
     if daemon.truststore.by_address(&request.address).is_some() {
         return Err(Error::invalid(format!(
             "Remote with address {:?} exists",

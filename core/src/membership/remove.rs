@@ -18,6 +18,7 @@ use crate::trust::Remote;
 use crate::{Error, Result};
 
 use super::admission::leader_address;
+use super::heartbeat::change_membership;
 use super::members::{self, PENDING};
 
 /// How long requests to the victim may take; 5 s with `force` so a black-holed victim does
@@ -82,6 +83,7 @@ pub(crate) async fn remove(daemon: Arc<Daemon>, removal: Removal) -> Result<Remo
             .map(|_| Removed::Other);
     }
     let _serialised = daemon.membership_lock.lock().await;
+    super::heartbeat::reconcile(&db).await?;
     let rows = db
         .transaction(ReadMode::Linearizable, DEFAULT_TIMEOUT, members::list)
         .await?;
@@ -186,7 +188,7 @@ pub(crate) async fn remove(daemon: Arc<Daemon>, removal: Removal) -> Result<Remo
             .map(|(id, _, _)| *id)
             .collect();
         if !other.is_empty() {
-            change_membership(&daemon, ChangeMembers::AddVoterIds(other)).await?;
+            change_membership(&db, ChangeMembers::AddVoterIds(other), false).await?;
         }
     }
 
@@ -255,7 +257,7 @@ pub(crate) async fn remove(daemon: Arc<Daemon>, removal: Removal) -> Result<Remo
             true => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
             false => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
         };
-        change_membership(&daemon, change).await?;
+        change_membership(&db, change, false).await?;
     }
     if removing_self {
         // This member has left Raft; the others still trust it until told otherwise, so
@@ -297,6 +299,12 @@ pub(crate) async fn remove(daemon: Arc<Daemon>, removal: Removal) -> Result<Remo
                 false => return Err(err.context("Failed to reset the removed member: ")),
             }
         }
+    }
+
+    // Step 11.
+    let online = daemon.online_members(daemon.heartbeat_interval * 2);
+    if let Err(err) = super::heartbeat::rebalance(&db, &online).await {
+        tracing::warn!("Rebalancing after the removal failed: {err}");
     }
 
     // Step 12: PostRemove here, then on every remaining member.
@@ -357,20 +365,5 @@ async fn post_remove_everywhere(
     for result in futures::future::join_all(calls).await {
         result?;
     }
-    Ok(())
-}
-
-/// Applies a Raft membership change and waits for its commit.
-async fn change_membership(
-    daemon: &Daemon,
-    change: ChangeMembers<NodeId, crate::db::raft::MemberNode>,
-) -> Result<()> {
-    let db = daemon.online_database()?;
-    tokio::time::timeout(DEFAULT_TIMEOUT, db.raft().change_membership(change, false))
-        .await
-        .map_err(|_| Error::unavailable("Timed out changing the Raft membership"))?
-        .map_err(|err| {
-            Error::unavailable(format!("Failed to change the Raft membership: {err}"))
-        })?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::daemon::{Daemon, DatabaseState};
 use crate::db::ReadMode;
 use crate::db::tx::DEFAULT_TIMEOUT;
+use crate::membership::heartbeat::{self, HeartbeatInfo};
 use crate::membership::{self, Removal, Removed, members, tokens};
 use crate::rest::access::Origin;
 use crate::rest::envelope::Response;
@@ -201,5 +202,26 @@ async fn post_truststore(daemon: Arc<Daemon>, request: Request) -> Result<Respon
             )
             .await;
     }
+    Ok(Response::empty())
+}
+
+/// `POST /core/internal/heartbeat` (SPEC §8.3).
+pub(super) fn heartbeat() -> Endpoint {
+    Endpoint::new("core/internal/heartbeat").post(Action::trusted(handler(post_heartbeat)))
+}
+
+async fn post_heartbeat(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let info: HeartbeatInfo = request.json()?;
+    if info.begin_round {
+        let db = daemon.online_database()?;
+        if !request.origin.is_control_socket() || !db.is_leader() {
+            return Err(Error::invalid(
+                "Attempt to initiate heartbeat from non-leader",
+            ));
+        }
+        heartbeat::round(&daemon, &db, daemon.heartbeat_interval).await?;
+        return Ok(Response::empty());
+    }
+    heartbeat::receive(&daemon, &info)?;
     Ok(Response::empty())
 }

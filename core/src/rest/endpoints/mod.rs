@@ -21,6 +21,7 @@ pub(crate) fn all() -> Vec<Endpoint> {
         control::init(),
         control::tokens(),
         cluster::members(),
+        cluster::heartbeat(),
         cluster::member(),
         cluster::reset(),
         cluster::truststore_entry(),
