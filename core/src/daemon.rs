@@ -145,6 +145,22 @@ impl Daemon {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether the member at `address` answers `GET /core/1.0/ready` within `timeout` (this
+    /// member answers for itself without a request).
+    pub async fn probe_ready(&self, address: &str, timeout: Duration) -> bool {
+        if Some(address) == self.member_address().as_deref() {
+            return self.is_ready();
+        }
+        match self.peer_client(address) {
+            Ok(client) => client
+                .with_timeout(timeout)
+                .query::<serde_json::Value>(hyper::Method::GET, "/core/1.0/ready", None)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
     /// Records that `names` answered a heartbeat at `at`.
     pub fn record_seen(&self, names: &std::collections::BTreeSet<String>, at: std::time::Instant) {
         let mut seen = self

@@ -166,7 +166,7 @@ fn joins_with_bad_tokens_fail_clearly_and_leave_the_joiner_able_to_join() {
 }
 
 #[test]
-fn prejoin_failure_rolls_the_join_back_and_a_retry_succeeds() {
+fn prejoin_failure() {
     let cluster = Cluster::start(2, &[]);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("c3");

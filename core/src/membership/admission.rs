@@ -8,6 +8,7 @@ use std::time::Duration;
 use hyper::Method;
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::daemon::Daemon;
@@ -16,7 +17,7 @@ use crate::db::tx::DEFAULT_TIMEOUT;
 use crate::db::{Database, ReadMode, Value as SqlValue};
 use crate::trust::Remote;
 use crate::types::{ClusterMember, NEVER, TokenResponse};
-use crate::{Error, Result, token, validate};
+use crate::{Error, ErrorKind, Result, token, validate};
 
 use super::heartbeat::{STAND_BYS_TARGET, VOTERS_TARGET};
 use super::join::RAFT_JOIN_PATH;
@@ -25,6 +26,9 @@ use super::tokens::{format_time, parse_time};
 
 /// How long a non-leader waits for a leader to be known before forwarding (SPEC §7.3 A2).
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a voter gets to answer the readiness probe when a joiner's role is decided.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// How long a new member may take to catch up with the log before it gets its role.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,20 +65,47 @@ pub(super) async fn leader_address(db: &Database) -> Result<Option<String>> {
     }
 }
 
-/// Sends `body` to the leader at `address` and relays its answer.
-async fn forward<T: serde::de::DeserializeOwned>(
+/// What a non-leader does with a request that only the leader handles.
+pub(super) enum Leadership {
+    /// This member leads: handle it here.
+    Here,
+    /// The leader answered this (relayed as it is).
+    Relayed(Value),
+}
+
+/// Sends `method path` with `body` to the leader and relays its answer (SPEC §7.3 A2,
+/// §9.2 step 1). While the leader cannot be reached (it may just have died), it waits for
+/// another to be elected and tries again, up to [`LEADER_WAIT`].
+pub(super) async fn forward_to_leader(
     daemon: &Daemon,
-    address: &str,
+    db: &Database,
+    method: Method,
     path: &str,
-    body: &impl Serialize,
-) -> Result<T> {
-    let body = serde_json::to_value(body)
-        .map_err(|err| Error::internal(format!("Failed to encode the request: {err}")))?;
-    daemon
-        .peer_client(address)?
-        .with_timeout(DEFAULT_TIMEOUT * 2)
-        .query(Method::POST, path, Some(&body))
-        .await
+    body: Option<&Value>,
+) -> Result<Leadership> {
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        let Some(leader) = leader_address(db).await? else {
+            return Ok(Leadership::Here);
+        };
+        let sent = daemon
+            .peer_client(&leader)?
+            .with_timeout(DEFAULT_TIMEOUT * 2)
+            .query::<Value>(method.clone(), path, body)
+            .await;
+        match sent {
+            Ok(answer) => return Ok(Leadership::Relayed(answer)),
+            Err(err)
+                if err.kind() == ErrorKind::Unavailable
+                    && err.message().starts_with("Failed to connect")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!("The leader at {leader} is unreachable, waiting: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// `POST /core/internal/cluster` (A1–A6).
@@ -89,8 +120,12 @@ pub(crate) async fn admit(daemon: Arc<Daemon>, request: ClusterMember) -> Result
     validate::member_address(&request.address).map_err(|reason| {
         Error::invalid(format!("Invalid address {:?}: {reason}", request.address))
     })?;
-    if let Some(leader) = leader_address(&db).await? {
-        return forward(&daemon, &leader, "/core/internal/cluster", &request).await;
+    let body = to_json(&request)?;
+    let path = "/core/internal/cluster";
+    if let Leadership::Relayed(answer) =
+        forward_to_leader(&daemon, &db, Method::POST, path, Some(&body)).await?
+    {
+        return from_json(answer);
     }
     let _serialised = daemon.membership_lock.lock().await;
     super::heartbeat::reconcile(&db).await?;
@@ -200,8 +235,11 @@ fn read(path: &std::path::Path) -> Result<String> {
 /// catch up, gives it its role, and returns the role.
 pub(crate) async fn raft_join(daemon: Arc<Daemon>, request: RaftJoinRequest) -> Result<String> {
     let db = daemon.online_database()?;
-    if let Some(leader) = leader_address(&db).await? {
-        return forward(&daemon, &leader, RAFT_JOIN_PATH, &request).await;
+    let body = to_json(&request)?;
+    if let Leadership::Relayed(answer) =
+        forward_to_leader(&daemon, &db, Method::POST, RAFT_JOIN_PATH, Some(&body)).await?
+    {
+        return from_json(answer);
     }
     let _serialised = daemon.membership_lock.lock().await;
     let name = request.name.clone();
@@ -239,8 +277,22 @@ pub(crate) async fn raft_join(daemon: Arc<Daemon>, request: RaftJoinRequest) -> 
     .await
     .map_err(|_| membership_error(&"timed out waiting for the member to catch up"))?
     .map_err(|err| membership_error(&err))?;
-    let voters = db.members().iter().filter(|(_, _, voter)| *voter).count();
-    let role = if voters < VOTERS_TARGET {
+    // A voter counts if it answers now (SPEC §8.2: a member joining while a voter is
+    // offline becomes a voter).
+    let probes = db
+        .members()
+        .into_iter()
+        .filter(|(_, _, voter)| *voter)
+        .map(|(_, node, _)| {
+            let daemon = daemon.clone();
+            async move { daemon.probe_ready(&node.address, PROBE_TIMEOUT).await }
+        });
+    let online_voters = futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .filter(|online| *online)
+        .count();
+    let role = if online_voters < VOTERS_TARGET {
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([request.node_id]));
         tokio::time::timeout(CATCH_UP_TIMEOUT, raft.change_membership(change, false))
             .await
@@ -259,4 +311,14 @@ pub(crate) async fn raft_join(daemon: Arc<Daemon>, request: RaftJoinRequest) -> 
     .await?;
     tracing::info!("{} joined Raft as {role}", request.name);
     Ok(role.to_string())
+}
+
+fn to_json(value: &impl Serialize) -> Result<Value> {
+    serde_json::to_value(value)
+        .map_err(|err| Error::internal(format!("Failed to encode the request: {err}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+    serde_json::from_value(value)
+        .map_err(|err| Error::internal(format!("Unexpected answer from the leader: {err}")))
 }

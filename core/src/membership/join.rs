@@ -146,6 +146,20 @@ async fn complete(
         address: config.address.clone(),
         certificate: identity.cert_pem.clone(),
     };
+    // Members admitted before us learnt of us only if the admission's notification reached
+    // them; members still joining may have missed it. Ask the member that admitted us to
+    // announce us again before we call on them (errors only delay convergence, which the
+    // heartbeat completes).
+    let announced = trusted
+        .query::<Value>(
+            Method::POST,
+            "/core/internal/truststore",
+            Some(&serde_json::json!(new_member)),
+        )
+        .await;
+    if let Err(err) = announced {
+        tracing::warn!("Failed to announce this member to the cluster again: {err}");
+    }
     let peers: Vec<Remote> = daemon
         .truststore
         .list()

@@ -106,8 +106,7 @@ pub(crate) const RESET_INIT_FAILED: &str = "init_failed";
 /// certificate for the default name, runs OnStart and delivers the `reset` event.
 pub(crate) async fn reset(daemon: &Arc<Daemon>, reason: &str) {
     daemon.stop_member_services().await;
-    daemon.set_member(None);
-    daemon.set_database_state(DatabaseState::NotInitialized);
+    daemon.set_database_state(DatabaseState::Offline);
     let dir = &daemon.state_dir;
     let socket = dir.control_socket();
     match std::fs::read_dir(dir.root()) {
@@ -137,6 +136,9 @@ pub(crate) async fn reset(daemon: &Arc<Daemon>, reason: &str) {
     if let Err(err) = certs::ensure_server_cert(dir, &certs::hostname()) {
         tracing::warn!("Reset: failed to create a new server certificate: {err}");
     }
+    // Only now, with the layout back, is the member un-initialised.
+    daemon.set_member(None);
+    daemon.set_database_state(DatabaseState::NotInitialized);
     if let Err(err) = daemon.hooks.0.on_start(daemon.state()).await {
         tracing::warn!("Reset: OnStart failed: {err}");
     }

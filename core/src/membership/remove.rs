@@ -17,7 +17,7 @@ use crate::hooks::names;
 use crate::trust::Remote;
 use crate::{Error, Result};
 
-use super::admission::leader_address;
+use super::admission::{Leadership, forward_to_leader};
 use super::heartbeat::change_membership;
 use super::members::{self, PENDING};
 
@@ -74,13 +74,10 @@ struct Victim {
 /// `DELETE /core/1.0/cluster/{name}` (SPEC §9.2).
 pub(crate) async fn remove(daemon: Arc<Daemon>, removal: Removal) -> Result<Removed> {
     let db = daemon.online_database()?;
-    if let Some(leader) = leader_address(&db).await? {
-        return daemon
-            .peer_client(&leader)?
-            .with_timeout(DEFAULT_TIMEOUT * 2)
-            .query::<Value>(Method::DELETE, &removal.path(), None)
-            .await
-            .map(|_| Removed::Other);
+    if let Leadership::Relayed(_) =
+        forward_to_leader(&daemon, &db, Method::DELETE, &removal.path(), None).await?
+    {
+        return Ok(Removed::Other);
     }
     let _serialised = daemon.membership_lock.lock().await;
     super::heartbeat::reconcile(&db).await?;

@@ -96,22 +96,10 @@ async fn get_members(daemon: Arc<Daemon>, _request: Request) -> Result<Response>
     let rows = db
         .transaction(ReadMode::Linearizable, DEFAULT_TIMEOUT, members::list)
         .await?;
-    let own = daemon.member_address();
     let probes = rows.into_iter().map(|member| {
         let daemon = daemon.clone();
-        let own = own.clone();
         async move {
-            let ready = match Some(&member.address) == own.as_ref() {
-                true => daemon.is_ready(),
-                false => match daemon.peer_client(&member.address) {
-                    Ok(client) => client
-                        .with_timeout(PROBE_TIMEOUT)
-                        .query::<Value>(Method::GET, "/core/1.0/ready", None)
-                        .await
-                        .is_ok(),
-                    Err(_) => false,
-                },
-            };
+            let ready = daemon.probe_ready(&member.address, PROBE_TIMEOUT).await;
             ClusterMember {
                 status: if ready { "ONLINE" } else { "UNREACHABLE" }.to_string(),
                 ..member
