@@ -205,6 +205,24 @@ impl State {
     pub async fn cluster_members(&self) -> Result<Vec<ClusterMember>> {
         self.transaction(crate::membership::members::list).await
     }
+
+    /// [`State::transaction_with`] for synchronous callers (foreign hooks): allowed inside
+    /// a [`BlockingHooks`] callback; on a runtime thread it fails with `WouldBlock`.
+    pub fn transaction_blocking<T, F>(&self, mode: ReadMode, timeout: Duration, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        let state = self.clone();
+        wait(async move { state.transaction_with(mode, timeout, f).await })
+    }
+
+    /// [`State::cluster_members`] for synchronous callers (see
+    /// [`State::transaction_blocking`]).
+    pub fn cluster_members_blocking(&self) -> Result<Vec<ClusterMember>> {
+        let state = self.clone();
+        wait(async move { state.cluster_members().await })
+    }
 }
 
 /// The wire names of the hooks (SPEC §10).
@@ -217,4 +235,240 @@ pub(crate) mod names {
     pub const POST_REMOVE: &str = "post-remove";
     /// OnDaemonConfigUpdate.
     pub const ON_DAEMON_CONFIG_UPDATE: &str = "on-daemon-config-update";
+}
+
+/// One lifecycle event, with its arguments: what [`BlockingHooks`] receives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "hook", rename_all = "kebab-case")]
+pub enum HookEvent {
+    /// PreInit.
+    PreInit {
+        /// Bootstrap (true) or join.
+        bootstrap: bool,
+        /// The init configuration.
+        config: InitConfig,
+    },
+    /// PostBootstrap.
+    PostBootstrap {
+        /// The init configuration.
+        config: InitConfig,
+    },
+    /// PreJoin.
+    PreJoin {
+        /// The init configuration.
+        config: InitConfig,
+    },
+    /// PostJoin.
+    PostJoin {
+        /// The init configuration.
+        config: InitConfig,
+    },
+    /// OnNewMember.
+    OnNewMember {
+        /// The member that joined.
+        new_member: ClusterMemberLocal,
+    },
+    /// OnStart.
+    OnStart,
+    /// PreRemove.
+    PreRemove {
+        /// Whether the removal is forced.
+        force: bool,
+    },
+    /// PostRemove.
+    PostRemove {
+        /// Whether the removal was forced.
+        force: bool,
+    },
+    /// OnHeartbeat.
+    OnHeartbeat {
+        /// Each member's role before and after the round.
+        roles: BTreeMap<String, RoleChange>,
+    },
+    /// OnDaemonConfigUpdate.
+    OnDaemonConfigUpdate {
+        /// The updated member's configuration.
+        config: MemberConfig,
+    },
+    /// The `reset` event (SPEC §9.4); its result is ignored.
+    Reset {
+        /// `removed` or `init_failed`.
+        reason: String,
+    },
+}
+
+impl HookEvent {
+    /// The hook's name: the wire names of SPEC §10 (`pre-init`, `post-bootstrap`, …, and
+    /// `reset`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            HookEvent::PreInit { .. } => "pre-init",
+            HookEvent::PostBootstrap { .. } => "post-bootstrap",
+            HookEvent::PreJoin { .. } => "pre-join",
+            HookEvent::PostJoin { .. } => "post-join",
+            HookEvent::OnNewMember { .. } => names::ON_NEW_MEMBER,
+            HookEvent::OnStart => "on-start",
+            HookEvent::PreRemove { .. } => names::PRE_REMOVE,
+            HookEvent::PostRemove { .. } => names::POST_REMOVE,
+            HookEvent::OnHeartbeat { .. } => "on-heartbeat",
+            HookEvent::OnDaemonConfigUpdate { .. } => names::ON_DAEMON_CONFIG_UPDATE,
+            HookEvent::Reset { .. } => "reset",
+        }
+    }
+
+    /// The event's arguments as a JSON object (without the `hook` name), for bindings that
+    /// hand them over as JSON.
+    pub fn args_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.remove("hook");
+        }
+        value
+    }
+}
+
+/// Hooks written as plain blocking functions, which is what C, Python and other foreign
+/// callbacks are. Each event is delivered to [`BlockingHooks::call`] on a blocking thread of
+/// the library's runtime, so a slow callback never stalls the daemon. Wrap with
+/// [`HookSet::blocking`].
+pub trait BlockingHooks: Send + Sync + 'static {
+    /// Handles one event; an error fails the lifecycle step as SPEC §10 says (ignored for
+    /// [`HookEvent::Reset`]).
+    fn call(&self, state: &State, event: HookEvent) -> Result<()>;
+}
+
+thread_local! {
+    /// Set while a [`BlockingHooks`] callback runs on this (blocking) thread, where waiting
+    /// for the library's futures is safe.
+    static IN_BLOCKING_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Waits for `future` from synchronous code: inside a [`BlockingHooks`] callback on its
+/// blocking thread, elsewhere through [`crate::runtime::block_on`] (which refuses on runtime
+/// threads with `WouldBlock`).
+fn wait<T: Send + 'static>(future: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    match IN_BLOCKING_HOOK.with(|flag| flag.get()) {
+        true => tokio::runtime::Handle::current().block_on(future),
+        false => crate::runtime::block_on(future),
+    }
+}
+
+/// The adapter from [`BlockingHooks`] to [`Hooks`].
+struct Blocking<H>(Arc<H>);
+
+impl<H: BlockingHooks> Blocking<H> {
+    fn run(&self, state: State, event: HookEvent) -> HookFuture {
+        let hooks = self.0.clone();
+        let name = event.name();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                IN_BLOCKING_HOOK.with(|flag| flag.set(true));
+                let result = hooks.call(&state, event);
+                IN_BLOCKING_HOOK.with(|flag| flag.set(false));
+                result
+            })
+            .await
+            .map_err(|err| Error::internal(format!("The {name} hook panicked: {err}")))?
+        })
+    }
+}
+
+impl<H: BlockingHooks> Hooks for Blocking<H> {
+    fn pre_init(&self, state: State, bootstrap: bool, config: InitConfig) -> HookFuture {
+        self.run(state, HookEvent::PreInit { bootstrap, config })
+    }
+
+    fn post_bootstrap(&self, state: State, config: InitConfig) -> HookFuture {
+        self.run(state, HookEvent::PostBootstrap { config })
+    }
+
+    fn pre_join(&self, state: State, config: InitConfig) -> HookFuture {
+        self.run(state, HookEvent::PreJoin { config })
+    }
+
+    fn post_join(&self, state: State, config: InitConfig) -> HookFuture {
+        self.run(state, HookEvent::PostJoin { config })
+    }
+
+    fn on_new_member(&self, state: State, new_member: ClusterMemberLocal) -> HookFuture {
+        self.run(state, HookEvent::OnNewMember { new_member })
+    }
+
+    fn on_start(&self, state: State) -> HookFuture {
+        self.run(state, HookEvent::OnStart)
+    }
+
+    fn pre_remove(&self, state: State, force: bool) -> HookFuture {
+        self.run(state, HookEvent::PreRemove { force })
+    }
+
+    fn post_remove(&self, state: State, force: bool) -> HookFuture {
+        self.run(state, HookEvent::PostRemove { force })
+    }
+
+    fn on_heartbeat(&self, state: State, roles: BTreeMap<String, RoleChange>) -> HookFuture {
+        self.run(state, HookEvent::OnHeartbeat { roles })
+    }
+
+    fn on_daemon_config_update(&self, state: State, config: MemberConfig) -> HookFuture {
+        self.run(state, HookEvent::OnDaemonConfigUpdate { config })
+    }
+
+    fn on_reset(&self, state: State, reason: String) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let run = self.run(state, HookEvent::Reset { reason });
+        Box::pin(async move {
+            if let Err(err) = run.await {
+                tracing::warn!("The reset callback failed: {err}");
+            }
+        })
+    }
+}
+
+impl HookSet {
+    /// Hooks given as one blocking dispatch function (see [`BlockingHooks`]).
+    pub fn blocking(hooks: impl BlockingHooks) -> HookSet {
+        HookSet(Arc::new(Blocking(Arc::new(hooks))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_waits_are_refused_outside_blocking_hooks() {
+        let refused = crate::runtime::block_on(async { Ok(wait(async { Ok(1) })) }).unwrap();
+        assert_eq!(refused.unwrap_err().kind(), crate::ErrorKind::WouldBlock);
+        let allowed = crate::runtime::block_on(async {
+            tokio::task::spawn_blocking(|| {
+                IN_BLOCKING_HOOK.with(|flag| flag.set(true));
+                let waited = wait(async { Ok(2) });
+                IN_BLOCKING_HOOK.with(|flag| flag.set(false));
+                waited
+            })
+            .await
+            .map_err(|err| Error::internal(err.to_string()))?
+        })
+        .unwrap();
+        assert_eq!(allowed, 2);
+    }
+
+    #[test]
+    fn events_have_wire_names_and_json_arguments() {
+        let event = HookEvent::PreInit {
+            bootstrap: true,
+            config: BTreeMap::from([("k".to_string(), "v".to_string())]),
+        };
+        assert_eq!(event.name(), "pre-init");
+        assert_eq!(
+            event.args_json(),
+            serde_json::json!({"bootstrap": true, "config": {"k": "v"}})
+        );
+        assert_eq!(HookEvent::OnStart.name(), "on-start");
+        assert_eq!(HookEvent::OnStart.args_json(), serde_json::json!({}));
+        assert_eq!(
+            HookEvent::PreRemove { force: true }.args_json(),
+            serde_json::json!({"force": true})
+        );
+    }
 }

@@ -31,5 +31,7 @@ pub use client::Client;
 pub use daemon::DatabaseState;
 pub use db::{ReadMode, Rows, Tx, Value};
 pub use error::{Error, ErrorKind, Result};
-pub use hooks::{HookFuture, HookSet, Hooks, InitConfig, RoleChange, State};
+pub use hooks::{
+    BlockingHooks, HookEvent, HookFuture, HookSet, Hooks, InitConfig, RoleChange, State,
+};
 pub use types::{ClusterMember, Server, TokenRecord};
