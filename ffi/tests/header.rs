@@ -68,7 +68,12 @@ fn checked_in_header_is_up_to_date() {
         .zip(checked_in.lines())
         .position(|(a, b)| a != b)
         .unwrap_or_else(|| generated.lines().count().min(checked_in.lines().count()));
-    let line = |text: &str| text.lines().nth(first_difference).unwrap_or("<end of file>").to_string();
+    let line = |text: &str| {
+        text.lines()
+            .nth(first_difference)
+            .unwrap_or("<end of file>")
+            .to_string()
+    };
     panic!(
         "include/microcluster.h is stale: it differs from what cbindgen generates from ffi/ \
          first at line {}:\n  checked in: {}\n  generated:  {}\nRefresh it with:\n  {REFRESH}\n\
