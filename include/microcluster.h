@@ -264,6 +264,10 @@ uint32_t mc_version_number(void);
  * SPEC §2 if missing; nothing is contacted). On success `*out` receives the app, which the
  * caller frees with `mc_app_free`.
  *
+ * The first call sets SIGPIPE to be ignored if its disposition is the default, so that a peer
+ * closing a connection cannot kill the process (writes then fail with `EPIPE`); a handler the
+ * program installed is left alone — it must then tolerate SIGPIPE.
+ *
  * Thread-safety: any thread. The app may be shared between threads: every `mc_app_*`
  * function may be called concurrently on it.
  *

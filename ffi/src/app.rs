@@ -126,9 +126,33 @@ async fn stop(
     Ok(())
 }
 
+/// Makes writes to closed connections fail with `EPIPE` instead of killing the process: sets
+/// SIGPIPE to "ignore" when it has the default disposition (as Rust programs, Python and Node do
+/// at start-up), and leaves a handler the program installed alone. Once per process.
+fn ignore_sigpipe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use nix::libc::{SIG_DFL, SIG_IGN, SIGPIPE, sigaction, signal};
+        // SAFETY: sigaction only reads into `current`, which is plain data; `signal` changes the
+        // disposition only while it is the default.
+        unsafe {
+            let mut current: sigaction = std::mem::zeroed();
+            if sigaction(SIGPIPE, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == SIG_DFL
+            {
+                signal(SIGPIPE, SIG_IGN);
+            }
+        }
+    });
+}
+
 /// Creates an app for the member whose state lives in `state_dir` (created with the layout of
 /// SPEC §2 if missing; nothing is contacted). On success `*out` receives the app, which the
 /// caller frees with `mc_app_free`.
+///
+/// The first call sets SIGPIPE to be ignored if its disposition is the default, so that a peer
+/// closing a connection cannot kill the process (writes then fail with `EPIPE`); a handler the
+/// program installed is left alone — it must then tolerate SIGPIPE.
 ///
 /// Thread-safety: any thread. The app may be shared between threads: every `mc_app_*`
 /// function may be called concurrently on it.
@@ -145,6 +169,7 @@ pub unsafe extern "C" fn mc_app_new(
     let body = || {
         let state_dir = unsafe { str_arg(state_dir, "state_dir") }?;
         let out = unsafe { Out::new(out, "out") }?;
+        ignore_sigpipe();
         let app = App::new(Args {
             state_dir: Some(state_dir.into()),
             socket_group: None,

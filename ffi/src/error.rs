@@ -108,7 +108,7 @@ impl mc_result {
             MC_ERR_NOT_IMPLEMENTED,
         ]
         .into_iter()
-        .find(|c| i64::from(*c as u32) == i64::from(code))
+        .find(|c| u32::try_from(code) == Ok(*c as u32))
     }
 }
 
