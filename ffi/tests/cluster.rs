@@ -345,3 +345,66 @@ fn stop_right_after_start_stops_the_daemon() {
         mc_app_free(app);
     }
 }
+
+/// A PreInit hook that holds the bootstrap until the test releases it.
+#[derive(Default)]
+struct Hold {
+    /// (entered, released)
+    state: std::sync::Mutex<(bool, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Hold {
+    fn wait_until(&self, what: &str, condition: impl Fn(&(bool, bool)) -> bool) {
+        let state = self.state.lock().unwrap();
+        let (_state, timeout) = self
+            .changed
+            .wait_timeout_while(state, std::time::Duration::from_secs(120), |s| {
+                !condition(s)
+            })
+            .unwrap();
+        assert!(!timeout.timed_out(), "timed out waiting until {what}");
+    }
+
+    fn set(&self, f: impl FnOnce(&mut (bool, bool))) {
+        f(&mut self.state.lock().unwrap());
+        self.changed.notify_all();
+    }
+}
+
+unsafe extern "C" fn held_pre_init(
+    userdata: *mut std::ffi::c_void,
+    _state: *const mc_state,
+    _args: *const std::ffi::c_char,
+    _err: *mut *mut mc_error,
+) -> std::ffi::c_int {
+    // SAFETY: the userdata is the test's `Hold`, alive until the member is stopped.
+    let hold = unsafe { &*userdata.cast::<Hold>() };
+    hold.set(|s| s.0 = true);
+    hold.wait_until("the test releases the hook", |s| s.1);
+    0
+}
+
+#[test]
+fn a_slow_hook_does_not_stall_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = Hold::default();
+    let hooks = mc_hooks {
+        userdata: (&hold as *const Hold).cast_mut().cast(),
+        pre_init: Some(held_pre_init),
+        ..common::no_hooks()
+    };
+    let member = Member::start(dir.path(), "c1", Some(&hooks));
+    std::thread::scope(|scope| {
+        let bootstrap = scope.spawn(|| member.bootstrap("{}"));
+        hold.wait_until("PreInit runs", |s| s.0);
+        // The daemon answers while the hook blocks its thread.
+        // SAFETY: a live app and valid out-parameters.
+        let status = json_out("mc_app_status", |out, err| unsafe {
+            mc_app_status(member.app(), out, err)
+        });
+        assert_eq!(status["ready"], true);
+        hold.set(|s| s.1 = true);
+        bootstrap.join().unwrap().unwrap();
+    });
+}

@@ -259,6 +259,23 @@ pub fn execute(
     (code == mc_result::MC_OK).then_some(changed)
 }
 
+/// Hooks with no function set (to fill a struct update).
+pub fn no_hooks() -> mc_hooks {
+    mc_hooks {
+        userdata: ptr::null_mut(),
+        pre_init: None,
+        post_bootstrap: None,
+        pre_join: None,
+        post_join: None,
+        on_new_member: None,
+        on_start: None,
+        pre_remove: None,
+        post_remove: None,
+        on_heartbeat: None,
+        on_daemon_config_update: None,
+    }
+}
+
 /// Hooks that record what ran, optionally fail one hook, and probe a blocking call from
 /// OnStart.
 #[derive(Default)]
