@@ -114,6 +114,18 @@ greetings=$(./mcd "$work/c2" sql "SELECT member, seq FROM greetings ORDER BY seq
 check "C transactions of every member are read back on c2" \
     grep -qF '"rows":[["c1",1],["c2",2],["c3",3]]' <<<"$greetings"
 
+# --- Memory: client calls (strings and errors out, freed by the caller) under valgrind memcheck.
+memcheck() {
+    valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99 \
+        --log-file="$work/valgrind.log" ./mcd "$@" >/dev/null 2>&1
+    local status=$?
+    if ((status == 99)); then cat "$work/valgrind.log"; fi
+    return "$status"
+}
+check "mcd members under valgrind: no invalid access, no leak" memcheck "$work/c1" members
+check "a failing mcd sql under valgrind: no invalid access, no leak" \
+    bash -c "$(declare -f memcheck); work='$work'; memcheck '$work/c1' sql 'SELEKT 1'; test \$? = 1"
+
 # --- A failing hook's message reaches the caller.
 token=$(./mcd "$work/c1" token c4)
 MCD_FAIL_HOOK=PreJoin ./mcd "$work/c4" join c4 "$(address)" "$token" >"$work/c4.log" 2>&1
