@@ -216,3 +216,24 @@ pub unsafe extern "C" fn mc_string_free(s: *mut c_char) {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_mc_err_panic_with_its_message() {
+        let mut err: *mut mc_error = std::ptr::null_mut();
+        // SAFETY: `err` is valid for a write.
+        let code = unsafe { call(&mut err, || panic!("boom")) };
+        assert_eq!(code, mc_result::MC_ERR_PANIC);
+        // SAFETY: the error was just written; freed once.
+        unsafe {
+            assert_eq!(crate::mc_error_code(err), mc_result::MC_ERR_PANIC);
+            let message = CStr::from_ptr(crate::mc_error_message(err));
+            assert_eq!(message.to_str().unwrap(), "The library panicked: boom");
+            crate::mc_error_free(err);
+        }
+        assert_eq!(guard(7, || panic!("boom")), 7);
+    }
+}

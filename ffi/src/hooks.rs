@@ -168,6 +168,7 @@ impl CHooks {
                     address: string_lossy(&state.address()),
                 };
                 let args = string_lossy(&args.to_string());
+                // The whole `Send` wrapper, not just its raw pointer, moves into this closure.
                 let userdata = userdata;
                 callback_result(&format!("{what} hook"), |err| {
                     // SAFETY: the C contract of `mc_hooks`; state and args live across the call.

@@ -44,7 +44,9 @@ pub use tx::{mc_app_transaction, mc_tx, mc_tx_execute, mc_tx_fn, mc_tx_query};
 /// Thread-safety: any thread.
 #[unsafe(no_mangle)]
 pub extern "C" fn mc_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    boundary::guard(std::ptr::null(), || {
+        concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    })
 }
 
 /// The library's version as `(MAJOR << 16) | (MINOR << 8) | PATCH`, like `MC_VERSION_NUMBER`.

@@ -65,6 +65,7 @@ pub unsafe extern "C" fn mc_app_transaction(
         let userdata = UserData(userdata);
         app.block(move |app| async move {
             app.transaction(move |tx| {
+                // The whole `Send` wrapper, not just its raw pointer, moves into this closure.
                 let userdata = userdata;
                 let mut handle = mc_tx { tx };
                 callback_result("The transaction function", |err| {
