@@ -1,0 +1,556 @@
+//! `mc_app`: one cluster member for a state directory, its daemon's lifecycle and the
+//! operations core's `App` offers.
+
+use std::collections::BTreeMap;
+use std::ffi::c_char;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use microcluster_core::{App, Args, DaemonArgs, Error, ErrorKind, HookSet, runtime};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::boundary::{self, Out, arg, json_arg, parse_json, str_arg};
+use crate::error::{Failure, mc_error, mc_result};
+use crate::hooks::{CHooks, Gate, mc_hooks};
+
+/// How long `mc_app_stop` keeps asking a daemon that is still starting (its control socket not
+/// yet answering) to stop.
+const STOP_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The pause between those attempts (cut short when the daemon ends).
+const STOP_RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// The outcome of a daemon run, once it has ended.
+type Outcome = Option<Result<(), Error>>;
+
+/// One cluster member: a state directory and, between `mc_app_start` and its end, a daemon
+/// running in this process. Create with `mc_app_new`, free with `mc_app_free`.
+pub struct mc_app {
+    app: Arc<App>,
+    daemon: Mutex<Option<Daemon>>,
+}
+
+/// A daemon started by `mc_app_start`.
+#[derive(Clone)]
+struct Daemon {
+    /// Receives the daemon's result when it ends.
+    outcome: watch::Receiver<Outcome>,
+    /// Closed once a stop or wait has returned: no hook of this start runs after it.
+    gate: Arc<Gate>,
+}
+
+/// `args_json` of `mc_app_start`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartArgs {
+    version: String,
+    #[serde(default)]
+    heartbeat_ms: u64,
+    #[serde(default)]
+    schema_updates: Vec<String>,
+    #[serde(default)]
+    api_extensions: Vec<String>,
+}
+
+impl mc_app {
+    /// Runs `f` with the app on the library's runtime and waits for it; on a library thread it
+    /// fails with `MC_ERR_WOULD_BLOCK` instead.
+    pub(crate) fn block<T, Fut>(&self, f: impl FnOnce(Arc<App>) -> Fut) -> Result<T, Failure>
+    where
+        Fut: Future<Output = microcluster_core::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        Ok(runtime::block_on(f(self.app.clone()))?)
+    }
+
+    /// The daemon started by the latest `mc_app_start`, if any.
+    fn daemon(&self) -> Option<Daemon> {
+        self.daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops the daemon (ours, or one another process runs on this state directory) and waits
+    /// until ours has ended and its hooks have returned.
+    fn stop(&self) -> Result<(), Failure> {
+        let daemon = self.daemon();
+        let outcome = daemon.as_ref().map(|daemon| daemon.outcome.clone());
+        self.block(move |app| stop(app, outcome))?;
+        if let Some(daemon) = daemon {
+            daemon.gate.close();
+        }
+        Ok(())
+    }
+}
+
+/// Whether the daemon run behind `outcome` has ended.
+fn ended(outcome: &watch::Receiver<Outcome>) -> bool {
+    outcome.borrow().is_some() || outcome.has_changed().is_err()
+}
+
+/// Waits until the daemon run behind `outcome` has ended and returns its result.
+async fn finished(mut outcome: watch::Receiver<Outcome>) -> microcluster_core::Result<()> {
+    match outcome.wait_for(Option::is_some).await {
+        Ok(result) => result.clone().unwrap_or(Ok(())),
+        Err(_) => Err(Error::internal("The daemon task ended without a result")),
+    }
+}
+
+/// `App::stop`, retried while our daemon is still starting, then waits for our daemon to end.
+async fn stop(
+    app: Arc<App>,
+    outcome: Option<watch::Receiver<Outcome>>,
+) -> microcluster_core::Result<()> {
+    let Some(mut outcome) = outcome else {
+        return app.stop().await;
+    };
+    let deadline = Instant::now() + STOP_RETRY_FOR;
+    loop {
+        match app.stop().await {
+            Ok(()) => break,
+            Err(_) if ended(&outcome) => break,
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            Err(_) => {
+                tokio::select! {
+                    _ = outcome.changed() => {}
+                    _ = tokio::time::sleep(STOP_RETRY_EVERY) => {}
+                }
+            }
+        }
+    }
+    // The daemon's own result is reported by `mc_app_wait`.
+    let _ = finished(outcome).await;
+    Ok(())
+}
+
+/// Makes writes to closed connections fail with `EPIPE` instead of killing the process: sets
+/// SIGPIPE to "ignore" when it has the default disposition (as Rust programs, Python and Node do
+/// at start-up), and leaves a handler the program installed alone. Once per process.
+fn ignore_sigpipe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use nix::libc::{SIG_DFL, SIG_IGN, SIGPIPE, sigaction, signal};
+        // SAFETY: sigaction only reads into `current`, which is plain data; `signal` changes the
+        // disposition only while it is the default.
+        unsafe {
+            let mut current: sigaction = std::mem::zeroed();
+            if sigaction(SIGPIPE, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == SIG_DFL
+            {
+                signal(SIGPIPE, SIG_IGN);
+            }
+        }
+    });
+}
+
+/// Creates an app for the member whose state lives in `state_dir` (created with the layout of
+/// SPEC §2 if missing; nothing is contacted). On success `*out` receives the app, which the
+/// caller frees with `mc_app_free`.
+///
+/// The first call sets SIGPIPE to be ignored if its disposition is the default, so that a peer
+/// closing a connection cannot kill the process (writes then fail with `EPIPE`); a handler the
+/// program installed is left alone — it must then tolerate SIGPIPE.
+///
+/// Thread-safety: any thread. The app may be shared between threads: every `mc_app_*`
+/// function may be called concurrently on it.
+///
+/// # Safety
+/// `state_dir` is a NUL-terminated string; `out` is valid for a write; `err` is NULL or valid
+/// for a write and points to NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_new(
+    state_dir: *const c_char,
+    out: *mut *mut mc_app,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let state_dir = unsafe { str_arg(state_dir, "state_dir") }?;
+        let out = unsafe { Out::new(out, "out") }?;
+        ignore_sigpipe();
+        let app = App::new(Args {
+            state_dir: Some(state_dir.into()),
+            socket_group: None,
+        })?;
+        out.write(Box::into_raw(Box::new(mc_app {
+            app: Arc::new(app),
+            daemon: Mutex::new(None),
+        })))
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Frees an app. NULL is ignored. A daemon it still runs is stopped first and waited for, as by
+/// `mc_app_stop` — except when called from a hook or transaction callback, where the stop is
+/// only requested. The app must not be used afterwards: the library cannot detect a use after
+/// free, so set your pointer to NULL.
+///
+/// Thread-safety: any thread, once no other thread uses the app.
+///
+/// # Safety
+/// `app` is NULL or an app from `mc_app_new` that has not been freed yet.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_free(app: *mut mc_app) {
+    boundary::guard((), || {
+        if app.is_null() {
+            return;
+        }
+        // SAFETY: per the contract, `app` came from `mc_app_new`.
+        let app = unsafe { Box::from_raw(app) };
+        let Some(daemon) = app.daemon() else {
+            return;
+        };
+        if ended(&daemon.outcome) {
+            daemon.gate.close();
+            return;
+        }
+        if let Err(failure) = app.stop()
+            && failure.code() == mc_result::MC_ERR_WOULD_BLOCK
+        {
+            let outcome = daemon.outcome.clone();
+            runtime::handle().spawn(stop(app.app.clone(), Some(outcome)));
+        }
+    })
+}
+
+/// Starts the member's daemon on the library's runtime and returns at once; use `mc_app_ready`
+/// to wait until it serves, `mc_app_stop` to stop it and `mc_app_wait` for its end and result.
+///
+/// `args_json` is a JSON object: `{"version": "1.0", "heartbeat_ms": 10000, "schema_updates":
+/// ["CREATE TABLE …", …], "api_extensions": ["name", …]}`; only `version` is required,
+/// `heartbeat_ms` 0 or absent means 10 s, and unknown keys are refused
+/// (`MC_ERR_INVALID_ARGUMENT`). `hooks` may be NULL (no hooks); the struct is copied, and its
+/// `userdata` must stay valid until `mc_app_stop`, `mc_app_wait` or `mc_app_free` has returned.
+/// Fails with `MC_ERR_CONFLICT` when a daemon started by this app is still running.
+///
+/// Thread-safety: any thread, including a callback thread (it does not block). Hooks run on
+/// library threads (see `mc_hooks`).
+///
+/// # Safety
+/// `app` is a live app; `args_json` a NUL-terminated string; `hooks` NULL or valid for a read;
+/// `err` as for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_start(
+    app: *mut mc_app,
+    args_json: *const c_char,
+    hooks: *const mc_hooks,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let args: StartArgs = parse_json(unsafe { str_arg(args_json, "args_json") }?, "args_json")?;
+        // SAFETY: NULL or valid for a read, per the contract.
+        let hooks = unsafe { hooks.as_ref() }.copied();
+        let mut slot = app.daemon.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|daemon| !ended(&daemon.outcome)) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "The daemon of this app is already running",
+            )
+            .into());
+        }
+        let gate = Arc::new(Gate::default());
+        let daemon_args = DaemonArgs {
+            version: args.version,
+            heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
+            api_extensions: args.api_extensions,
+            schema_updates: args.schema_updates,
+            hooks: hooks.map_or_else(HookSet::default, |hooks| {
+                HookSet::from(CHooks::new(hooks, gate.clone()))
+            }),
+            ..DaemonArgs::default()
+        };
+        let (report, outcome) = watch::channel(None);
+        let running = app.app.clone();
+        runtime::handle().spawn(async move {
+            let result = running.start(daemon_args).await;
+            let _ = report.send(Some(result));
+        });
+        *slot = Some(Daemon { outcome, gate });
+        Ok(())
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Stops the daemon and waits until it has ended and no hook of it runs any more; after it
+/// returns, the hooks' userdata may be freed. Without a daemon started by this app, asks the
+/// daemon another process runs on the state directory to shut down (through its control
+/// socket). Succeeds even when the daemon had failed: `mc_app_wait` reports how it ended.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `err` as for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_stop(app: *mut mc_app, err: *mut *mut mc_error) -> mc_result {
+    // SAFETY: the pointers are valid per the contract.
+    let body = || unsafe { arg(app, "app") }?.stop();
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Waits until the daemon started by `mc_app_start` has ended (by `mc_app_stop`, a shutdown
+/// request on its control socket, or a failure) and returns its result: `MC_OK` after a clean
+/// stop, else the error it stopped with (for example an `on_start` hook's). Afterwards no hook of
+/// it runs any more. `MC_ERR_INVALID_ARGUMENT` when the app was never started.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `err` as for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_wait(app: *mut mc_app, err: *mut *mut mc_error) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let daemon = app
+            .daemon()
+            .ok_or_else(|| boundary::invalid("The app was not started (mc_app_start)"))?;
+        let result = app.block(|_| finished(daemon.outcome.clone()));
+        if !matches!(&result, Err(failure) if failure.code() == mc_result::MC_ERR_WOULD_BLOCK) {
+            daemon.gate.close();
+        }
+        result
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Waits until the daemon is ready (answers `GET /core/1.0/ready` on its control socket), for
+/// at most `timeout_ms` milliseconds (negative: no limit). `MC_ERR_TIMEOUT` when it is not
+/// ready in time; `MC_ERR_UNAVAILABLE` at once when the daemon this app started has ended.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `err` as for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_ready(
+    app: *const mc_app,
+    timeout_ms: i64,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+        let outcome = app.daemon().map(|daemon| daemon.outcome);
+        app.block(move |app| async move {
+            let Some(outcome) = outcome else {
+                return app.ready(timeout).await;
+            };
+            tokio::select! {
+                ready = app.ready(timeout) => ready,
+                ended = finished(outcome) => Err(Error::unavailable(match ended {
+                    Ok(()) => "The daemon has stopped".to_string(),
+                    Err(err) => format!("The daemon has stopped: {}", err.message()),
+                })),
+            }
+        })
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// The member's status (`GET /core/1.0`) as JSON, `{"name", "address", "version", "ready",
+/// "extensions"}`, in `*json_out`, freed by the caller with `mc_string_free`.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `json_out` valid for a write; `err` as for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_status(
+    app: *const mc_app,
+    json_out: *mut *mut c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let out = unsafe { Out::new(json_out, "json_out") }?;
+        out.write_json(&app.block(|app| async move { app.status().await })?)
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Bootstraps a new cluster with this member, named `name`, at `address` (`IP:port`), as its
+/// first voter. `config_json` (NULL: none) is a JSON object of strings handed to the init hooks.
+/// The daemon must be running (in this process or another).
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; the strings NUL-terminated (`config_json` may be NULL); `err` as for
+/// `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_new_cluster(
+    app: *const mc_app,
+    name: *const c_char,
+    address: *const c_char,
+    config_json: *const c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let name = unsafe { str_arg(name, "name") }?.to_string();
+        let address = unsafe { str_arg(address, "address") }?.to_string();
+        let config: BTreeMap<String, String> = unsafe { json_arg(config_json, "config_json") }?;
+        app.block(move |app| async move { app.new_cluster(&name, &address, config).await })
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Joins the cluster that issued `token`, as member `name` at `address`. `config_json` as for
+/// `mc_app_new_cluster`. When it returns, the member is online with its final role; a hook that
+/// fails (here or on another member) makes it fail with the hook's message.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// As `mc_app_new_cluster`; `token` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_join_cluster(
+    app: *const mc_app,
+    name: *const c_char,
+    address: *const c_char,
+    token: *const c_char,
+    config_json: *const c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let name = unsafe { str_arg(name, "name") }?.to_string();
+        let address = unsafe { str_arg(address, "address") }?.to_string();
+        let token = unsafe { str_arg(token, "token") }?.to_string();
+        let config: BTreeMap<String, String> = unsafe { json_arg(config_json, "config_json") }?;
+        app.block(move |app| async move { app.join_cluster(&name, &address, &token, config).await })
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Issues a join token for the member `name`, valid for `expire_after_ms` milliseconds (0:
+/// until used or revoked), in `*token_out`, freed by the caller with `mc_string_free`.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `name` NUL-terminated; `token_out` valid for a write; `err` as for
+/// `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_new_join_token(
+    app: *const mc_app,
+    name: *const c_char,
+    expire_after_ms: u64,
+    token_out: *mut *mut c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let name = unsafe { str_arg(name, "name") }?.to_string();
+        let out = unsafe { Out::new(token_out, "token_out") }?;
+        let expire_after = Duration::from_millis(expire_after_ms);
+        let token =
+            app.block(move |app| async move { app.new_join_token(&name, expire_after).await })?;
+        out.write_string(&token)
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// The join tokens that have not expired, as a JSON array of `{"name", "token" (always empty),
+/// "expires_at"}`, in `*json_out`, freed by the caller with `mc_string_free`.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `json_out` valid for a write; `err` as for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_join_tokens(
+    app: *const mc_app,
+    json_out: *mut *mut c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let out = unsafe { Out::new(json_out, "json_out") }?;
+        out.write_json(&app.block(|app| async move { app.join_tokens().await })?)
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Revokes the join token issued for `name`; `MC_ERR_NOT_FOUND` when there is none.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `name` NUL-terminated; `err` as for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_revoke_join_token(
+    app: *const mc_app,
+    name: *const c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let name = unsafe { str_arg(name, "name") }?.to_string();
+        app.block(move |app| async move { app.revoke_join_token(&name).await })
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// The cluster members with role and status, as a JSON array of `{"name", "address",
+/// "certificate", "role", "schema_internal_version", "schema_external_version",
+/// "last_heartbeat", "status", "extensions", "secret"}`, in `*json_out`, freed by the caller
+/// with `mc_string_free`.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `json_out` valid for a write; `err` as for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_cluster_members(
+    app: *const mc_app,
+    json_out: *mut *mut c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let out = unsafe { Out::new(json_out, "json_out") }?;
+        out.write_json(&app.block(|app| async move { app.cluster_members().await })?)
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Runs `query` (one or more SQL statements) through the SQL API and returns
+/// `{"Results": [{"type", "columns", "rows", "rows_affected"}, …]}` in `*json_out`, freed by the
+/// caller with `mc_string_free`. Works with a daemon in this process or another.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `query` NUL-terminated; `json_out` valid for a write; `err` as for
+/// `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_sql(
+    app: *const mc_app,
+    query: *const c_char,
+    json_out: *mut *mut c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let query = unsafe { str_arg(query, "query") }?.to_string();
+        let out = unsafe { Out::new(json_out, "json_out") }?;
+        out.write_json(&app.block(move |app| async move { app.sql(&query).await })?)
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}

@@ -1,0 +1,239 @@
+//! Lifecycle hooks as C callbacks: `mc_hooks`, the `mc_state` they get, and the one adapter
+//! that implements core's `Hooks` trait by calling them on blocking threads.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::sync::{Arc, RwLock};
+
+use microcluster_core::member_config::MemberConfig;
+use microcluster_core::types::ClusterMemberLocal;
+use microcluster_core::{Error, HookFuture, Hooks, InitConfig, RoleChange, State};
+use serde_json::json;
+
+use crate::boundary::{self, UserData, string_lossy};
+use crate::error::{callback_result, mc_error};
+
+/// A lifecycle hook. `userdata` is `mc_hooks.userdata`; `state` describes the member and is
+/// valid only during the call; `args_json` is a JSON object with the hook's arguments (see
+/// `mc_hooks`), valid only during the call. Return 0 on success; non-zero fails the hook, with
+/// the error stored by `mc_error_set(err, …)` (or a generic one when none was stored).
+pub type mc_hook_fn = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        state: *const mc_state,
+        args_json: *const c_char,
+        err: *mut *mut mc_error,
+    ) -> c_int,
+>;
+
+/// The application's lifecycle hooks (SPEC §10): each optional (NULL: nothing to do). Pass it
+/// to `mc_app_start`, which copies the struct; zero-initialise it (`mc_hooks hooks = {0};`) and
+/// set the hooks you need.
+///
+/// Hooks run on library threads (a pool for blocking work), never on the thread that called
+/// `mc_app_*`, and different hooks may run concurrently: `userdata` must be safe to use from
+/// any thread. A hook may take long without stalling the daemon's network work, but the
+/// operation that runs it (a bootstrap, a join…) waits for it. Blocking `mc_app_*` functions
+/// called from a hook return `MC_ERR_WOULD_BLOCK`. Once `mc_app_stop`, `mc_app_wait` or
+/// `mc_app_free` has returned, no hook of that start runs again and `userdata` may be freed.
+///
+/// The `args_json` of each hook:
+/// - `pre_init`: `{"bootstrap": bool, "config": {string: string}}` — before a bootstrap or
+///   join; an error aborts it.
+/// - `post_bootstrap`, `pre_join`, `post_join`: `{"config": {string: string}}` — an error
+///   rolls the bootstrap or join back.
+/// - `on_new_member`: `{"new_member": {"name", "address", "certificate"}}` — on existing
+///   members when one joins; an error rolls the join back.
+/// - `on_start`: `{}` — at every start, before the daemon is ready; an error stops it.
+/// - `pre_remove`, `post_remove`: `{"force": bool}`.
+/// - `on_heartbeat`: `{"roles": {name: {"old": role, "new": role}}}` — on the leader.
+/// - `on_daemon_config_update`: `{"config": {"name", "address", "servers",
+///   "failure-domain"}}`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct mc_hooks {
+    /// Passed as the first argument of every hook.
+    pub userdata: *mut c_void,
+    /// PreInit.
+    pub pre_init: mc_hook_fn,
+    /// PostBootstrap.
+    pub post_bootstrap: mc_hook_fn,
+    /// PreJoin.
+    pub pre_join: mc_hook_fn,
+    /// PostJoin.
+    pub post_join: mc_hook_fn,
+    /// OnNewMember.
+    pub on_new_member: mc_hook_fn,
+    /// OnStart.
+    pub on_start: mc_hook_fn,
+    /// PreRemove.
+    pub pre_remove: mc_hook_fn,
+    /// PostRemove.
+    pub post_remove: mc_hook_fn,
+    /// OnHeartbeat.
+    pub on_heartbeat: mc_hook_fn,
+    /// OnDaemonConfigUpdate.
+    pub on_daemon_config_update: mc_hook_fn,
+}
+
+/// What a hook can see of its member. Valid only during the hook call.
+pub struct mc_state {
+    name: CString,
+    address: CString,
+}
+
+/// The member's name (the host name before init), NUL-terminated UTF-8 owned by `state`:
+/// valid during the hook call only (copy it to keep it). NULL when `state` is NULL.
+///
+/// Thread-safety: the hook's thread.
+///
+/// # Safety
+/// `state` is NULL or the state a running hook was given.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_state_name(state: *const mc_state) -> *const c_char {
+    boundary::guard(std::ptr::null(), || {
+        // SAFETY: per the contract.
+        unsafe { state.as_ref() }.map_or(std::ptr::null(), |state| state.name.as_ptr())
+    })
+}
+
+/// The member's address, `IP:port` (empty before init), NUL-terminated UTF-8 owned by
+/// `state`: valid during the hook call only. NULL when `state` is NULL.
+///
+/// Thread-safety: the hook's thread.
+///
+/// # Safety
+/// `state` is NULL or the state a running hook was given.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_state_address(state: *const mc_state) -> *const c_char {
+    boundary::guard(std::ptr::null(), || {
+        // SAFETY: per the contract.
+        unsafe { state.as_ref() }.map_or(std::ptr::null(), |state| state.address.as_ptr())
+    })
+}
+
+/// Lets hooks run until it is closed, and closing waits for running hooks to return, so that
+/// C may free its userdata once a stop has returned.
+#[derive(Default)]
+pub(crate) struct Gate(RwLock<bool>);
+
+impl Gate {
+    /// Closes the gate, waiting for the hooks that are running.
+    pub(crate) fn close(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+}
+
+/// The C hooks behind core's `Hooks` trait.
+pub(crate) struct CHooks {
+    hooks: mc_hooks,
+    gate: Arc<Gate>,
+}
+
+// SAFETY: `mc_hooks` holds function pointers and the userdata that C promises (see its doc) may
+// be used from any thread, concurrently.
+unsafe impl Send for CHooks {}
+// SAFETY: as above.
+unsafe impl Sync for CHooks {}
+
+impl CHooks {
+    /// Wraps the C hooks; they run until `gate` is closed.
+    pub(crate) fn new(hooks: mc_hooks, gate: Arc<Gate>) -> CHooks {
+        CHooks { hooks, gate }
+    }
+
+    /// Calls `hook` (named `what`) with `args` on a blocking thread.
+    fn call(
+        &self,
+        what: &'static str,
+        hook: mc_hook_fn,
+        state: State,
+        args: serde_json::Value,
+    ) -> HookFuture {
+        let Some(hook) = hook else {
+            return Box::pin(async { Ok(()) });
+        };
+        let userdata = UserData(self.hooks.userdata);
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            let task = tokio::task::spawn_blocking(move || {
+                let closed = gate.0.read().unwrap_or_else(|p| p.into_inner());
+                if *closed {
+                    return Err(Error::unavailable(format!(
+                        "{what} hook not run: the app was stopped"
+                    )));
+                }
+                let state = mc_state {
+                    name: string_lossy(&state.name()),
+                    address: string_lossy(&state.address()),
+                };
+                let args = string_lossy(&args.to_string());
+                // The whole `Send` wrapper, not just its raw pointer, moves into this closure.
+                let userdata = userdata;
+                callback_result(&format!("{what} hook"), |err| {
+                    // SAFETY: the C contract of `mc_hooks`; state and args live across the call.
+                    unsafe { hook(userdata.0, &state, args.as_ptr(), err) }
+                })
+                .map_err(|err| err.context(format!("{what} hook failed: ")))
+            });
+            task.await
+                .map_err(|err| Error::internal(format!("{what} hook did not finish: {err}")))?
+        })
+    }
+}
+
+impl Hooks for CHooks {
+    fn pre_init(&self, state: State, bootstrap: bool, config: InitConfig) -> HookFuture {
+        let args = json!({ "bootstrap": bootstrap, "config": config });
+        self.call("PreInit", self.hooks.pre_init, state, args)
+    }
+
+    fn post_bootstrap(&self, state: State, config: InitConfig) -> HookFuture {
+        let args = json!({ "config": config });
+        self.call("PostBootstrap", self.hooks.post_bootstrap, state, args)
+    }
+
+    fn pre_join(&self, state: State, config: InitConfig) -> HookFuture {
+        let args = json!({ "config": config });
+        self.call("PreJoin", self.hooks.pre_join, state, args)
+    }
+
+    fn post_join(&self, state: State, config: InitConfig) -> HookFuture {
+        let args = json!({ "config": config });
+        self.call("PostJoin", self.hooks.post_join, state, args)
+    }
+
+    fn on_new_member(&self, state: State, new_member: ClusterMemberLocal) -> HookFuture {
+        let args = json!({ "new_member": new_member });
+        self.call("OnNewMember", self.hooks.on_new_member, state, args)
+    }
+
+    fn on_start(&self, state: State) -> HookFuture {
+        self.call("OnStart", self.hooks.on_start, state, json!({}))
+    }
+
+    fn pre_remove(&self, state: State, force: bool) -> HookFuture {
+        let args = json!({ "force": force });
+        self.call("PreRemove", self.hooks.pre_remove, state, args)
+    }
+
+    fn post_remove(&self, state: State, force: bool) -> HookFuture {
+        let args = json!({ "force": force });
+        self.call("PostRemove", self.hooks.post_remove, state, args)
+    }
+
+    fn on_heartbeat(&self, state: State, roles: BTreeMap<String, RoleChange>) -> HookFuture {
+        let args = json!({ "roles": roles });
+        self.call("OnHeartbeat", self.hooks.on_heartbeat, state, args)
+    }
+
+    fn on_daemon_config_update(&self, state: State, config: MemberConfig) -> HookFuture {
+        let args = json!({ "config": config });
+        self.call(
+            "OnDaemonConfigUpdate",
+            self.hooks.on_daemon_config_update,
+            state,
+            args,
+        )
+    }
+}
