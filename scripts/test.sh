@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project on a fresh machine (Rust toolchain present):
-# formatting, lints, a single workspace build, then all tests.
+# formatting, lints, a single workspace build, all Rust tests (including the check that
+# include/microcluster.h is fresh), then the C example against the library just built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
 echo "== system packages"
-# rusqlite's SQLite session extension is bound with bindgen, which needs libclang.
-if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+# libclang: rusqlite's session extension (bindgen). pkg-config, valgrind: the C example's test.
+missing=$(for p in libclang-dev pkg-config valgrind; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
 fi
 
 echo "== formatting"
@@ -27,3 +30,7 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last often empty).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "cargo: %d passed, %d failed\n", passed, failed }' "$log"
+
+echo "== C example (mcd): the library as shipped, a 3-process cluster, valgrind"
+make -C examples/c
+make -C examples/c test
