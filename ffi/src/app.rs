@@ -259,7 +259,7 @@ pub unsafe extern "C" fn mc_app_start(
             api_extensions: args.api_extensions,
             schema_updates: args.schema_updates,
             hooks: hooks.map_or_else(HookSet::default, |hooks| {
-                HookSet::from(CHooks::new(hooks, gate.clone()))
+                HookSet::blocking(CHooks::new(hooks, gate.clone()))
             }),
             ..DaemonArgs::default()
         };

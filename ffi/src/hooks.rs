@@ -1,16 +1,12 @@
 //! Lifecycle hooks as C callbacks: `mc_hooks`, the `mc_state` they get, and the one adapter
 //! that implements core's `Hooks` trait by calling them on blocking threads.
 
-use std::collections::BTreeMap;
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::{Arc, RwLock};
 
-use microcluster_core::member_config::MemberConfig;
-use microcluster_core::types::ClusterMemberLocal;
-use microcluster_core::{Error, HookFuture, Hooks, InitConfig, RoleChange, State};
-use serde_json::json;
+use microcluster_core::{BlockingHooks, Error, HookEvent, Result, State};
 
-use crate::boundary::{self, UserData, string_lossy};
+use crate::boundary::{self, string_lossy};
 use crate::error::{callback_result, mc_error};
 
 /// A lifecycle hook. `userdata` is `mc_hooks.userdata`; `state` describes the member and is
@@ -143,97 +139,49 @@ impl CHooks {
     }
 
     /// Calls `hook` (named `what`) with `args` on a blocking thread.
-    fn call(
-        &self,
-        what: &'static str,
-        hook: mc_hook_fn,
-        state: State,
-        args: serde_json::Value,
-    ) -> HookFuture {
-        let Some(hook) = hook else {
-            return Box::pin(async { Ok(()) });
-        };
-        let userdata = UserData(self.hooks.userdata);
-        let gate = self.gate.clone();
-        Box::pin(async move {
-            let task = tokio::task::spawn_blocking(move || {
-                let closed = gate.0.read().unwrap_or_else(|p| p.into_inner());
-                if *closed {
-                    return Err(Error::unavailable(format!(
-                        "{what} hook not run: the app was stopped"
-                    )));
-                }
-                let state = mc_state {
-                    name: string_lossy(&state.name()),
-                    address: string_lossy(&state.address()),
-                };
-                let args = string_lossy(&args.to_string());
-                // The whole `Send` wrapper, not just its raw pointer, moves into this closure.
-                let userdata = userdata;
-                callback_result(&format!("{what} hook"), |err| {
-                    // SAFETY: the C contract of `mc_hooks`; state and args live across the call.
-                    unsafe { hook(userdata.0, &state, args.as_ptr(), err) }
-                })
-                .map_err(|err| err.context(format!("{what} hook failed: ")))
-            });
-            task.await
-                .map_err(|err| Error::internal(format!("{what} hook did not finish: {err}")))?
-        })
+    /// The callback for `event`, if C gave one (the reset event has none).
+    fn callback(&self, event: &HookEvent) -> mc_hook_fn {
+        let hooks = &self.hooks;
+        match event {
+            HookEvent::PreInit { .. } => hooks.pre_init,
+            HookEvent::PostBootstrap { .. } => hooks.post_bootstrap,
+            HookEvent::PreJoin { .. } => hooks.pre_join,
+            HookEvent::PostJoin { .. } => hooks.post_join,
+            HookEvent::OnNewMember { .. } => hooks.on_new_member,
+            HookEvent::OnStart => hooks.on_start,
+            HookEvent::PreRemove { .. } => hooks.pre_remove,
+            HookEvent::PostRemove { .. } => hooks.post_remove,
+            HookEvent::OnHeartbeat { .. } => hooks.on_heartbeat,
+            HookEvent::OnDaemonConfigUpdate { .. } => hooks.on_daemon_config_update,
+            HookEvent::Reset { .. } => None,
+        }
     }
 }
 
-impl Hooks for CHooks {
-    fn pre_init(&self, state: State, bootstrap: bool, config: InitConfig) -> HookFuture {
-        let args = json!({ "bootstrap": bootstrap, "config": config });
-        self.call("PreInit", self.hooks.pre_init, state, args)
-    }
-
-    fn post_bootstrap(&self, state: State, config: InitConfig) -> HookFuture {
-        let args = json!({ "config": config });
-        self.call("PostBootstrap", self.hooks.post_bootstrap, state, args)
-    }
-
-    fn pre_join(&self, state: State, config: InitConfig) -> HookFuture {
-        let args = json!({ "config": config });
-        self.call("PreJoin", self.hooks.pre_join, state, args)
-    }
-
-    fn post_join(&self, state: State, config: InitConfig) -> HookFuture {
-        let args = json!({ "config": config });
-        self.call("PostJoin", self.hooks.post_join, state, args)
-    }
-
-    fn on_new_member(&self, state: State, new_member: ClusterMemberLocal) -> HookFuture {
-        let args = json!({ "new_member": new_member });
-        self.call("OnNewMember", self.hooks.on_new_member, state, args)
-    }
-
-    fn on_start(&self, state: State) -> HookFuture {
-        self.call("OnStart", self.hooks.on_start, state, json!({}))
-    }
-
-    fn pre_remove(&self, state: State, force: bool) -> HookFuture {
-        let args = json!({ "force": force });
-        self.call("PreRemove", self.hooks.pre_remove, state, args)
-    }
-
-    fn post_remove(&self, state: State, force: bool) -> HookFuture {
-        let args = json!({ "force": force });
-        self.call("PostRemove", self.hooks.post_remove, state, args)
-    }
-
-    fn on_heartbeat(&self, state: State, roles: BTreeMap<String, RoleChange>) -> HookFuture {
-        let args = json!({ "roles": roles });
-        self.call("OnHeartbeat", self.hooks.on_heartbeat, state, args)
-    }
-
-    fn on_daemon_config_update(&self, state: State, config: MemberConfig) -> HookFuture {
-        let args = json!({ "config": config });
-        self.call(
-            "OnDaemonConfigUpdate",
-            self.hooks.on_daemon_config_update,
-            state,
-            args,
-        )
+/// Core runs each event on a blocking thread (`HookSet::blocking`); this calls the C
+/// function, unless the app was stopped.
+impl BlockingHooks for CHooks {
+    fn call(&self, state: &State, event: HookEvent) -> Result<()> {
+        let Some(hook) = self.callback(&event) else {
+            return Ok(());
+        };
+        let what = event.name();
+        let closed = self.gate.0.read().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Err(Error::unavailable(format!(
+                "{what} hook not run: the app was stopped"
+            )));
+        }
+        let c_state = mc_state {
+            name: string_lossy(&state.name()),
+            address: string_lossy(&state.address()),
+        };
+        let args = string_lossy(&event.args_json().to_string());
+        let userdata = self.hooks.userdata;
+        callback_result(&format!("{what} hook"), |err| {
+            // SAFETY: the C contract of `mc_hooks`; state and args live across the call.
+            unsafe { hook(userdata, &c_state, args.as_ptr(), err) }
+        })
+        .map_err(|err| err.context(format!("{what} hook failed: ")))
     }
 }
