@@ -13,15 +13,15 @@ __all__ = ["App", "State", "Tx", "__version__"]
 __version__: str
 
 _T = TypeVar("_T")
-SqlValue = int | float | str | bytes | None
+_SqlValue = int | float | str | bytes | None
 
 @final
 class Tx:
     """The handle a transaction function gets; valid only during that call, on its thread."""
 
-    def query(self, sql: str, params: Iterable[SqlValue | bool] | None = None) -> list[tuple[SqlValue, ...]]:
+    def query(self, sql: str, params: Iterable[_SqlValue | bool] | None = None) -> list[tuple[_SqlValue, ...]]:
         """Runs a query and returns its rows as tuples."""
-    def execute(self, sql: str, params: Iterable[SqlValue | bool] | None = None) -> int:
+    def execute(self, sql: str, params: Iterable[_SqlValue | bool] | None = None) -> int:
         """Runs a statement and returns how many rows it changed."""
 
 @final
