@@ -1,1 +1,30 @@
-//! Python binding (pyo3). The module arrives with issue 7; until then this crate only links the core.
+//! The Python binding of microcluster: the extension module `microcluster._microcluster`,
+//! wrapped by the pure-Python package `microcluster` (see `python/microcluster`).
+
+mod app;
+mod block;
+mod error;
+mod hooks;
+mod json;
+mod tx;
+
+use pyo3::prelude::*;
+
+/// The native part of the `microcluster` package.
+#[pymodule(gil_used = false)]
+mod _microcluster {
+    #[pymodule_export]
+    use crate::app::PyApp;
+    #[pymodule_export]
+    use crate::hooks::PyState;
+    #[pymodule_export]
+    use crate::tx::PyTx;
+
+    use pyo3::prelude::*;
+
+    /// Sets `__version__` from the crate version.
+    #[pymodule_init]
+    fn init(module: &Bound<'_, PyModule>) -> PyResult<()> {
+        module.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}

@@ -1,0 +1,43 @@
+"""microcluster: run this program as a member of a secure, self-managing cluster with a
+Raft-replicated SQLite database.
+
+``App(state_dir)`` is one member: ``start()`` its daemon (it runs on the library's threads),
+``new_cluster()`` or ``join_cluster()``, then work with ``transaction()``. Every blocking method
+releases the GIL; ``AsyncApp`` offers the same as coroutines.
+"""
+
+from ._async import AsyncApp
+from ._hooks import Hook, Hooks
+from ._microcluster import App, State, Tx, __version__
+from .errors import (
+    ConflictError,
+    Error,
+    ForbiddenError,
+    HookError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    TimeoutError,
+    UnavailableError,
+    WouldBlockError,
+)
+
+__all__ = [
+    "App",
+    "AsyncApp",
+    "ConflictError",
+    "Error",
+    "ForbiddenError",
+    "Hook",
+    "HookError",
+    "Hooks",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "State",
+    "TimeoutError",
+    "Tx",
+    "UnavailableError",
+    "WouldBlockError",
+    "__version__",
+]

@@ -1,0 +1,91 @@
+"""The native part of the microcluster package (pyo3)."""
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar, final
+
+from ._hooks import Hooks
+
+__all__ = ["App", "State", "Tx", "__version__"]
+
+__version__: str
+
+_T = TypeVar("_T")
+_SqlValue = int | float | str | bytes | None
+
+@final
+class Tx:
+    """The handle a transaction function gets; valid only during that call, on its thread."""
+
+    def query(self, sql: str, params: Iterable[_SqlValue | bool] | None = None) -> list[tuple[_SqlValue, ...]]:
+        """Runs a query and returns its rows as tuples."""
+    def execute(self, sql: str, params: Iterable[_SqlValue | bool] | None = None) -> int:
+        """Runs a statement and returns how many rows it changed."""
+
+@final
+class State:
+    """What a hook can see and do on its member."""
+
+    @property
+    def name(self) -> str:
+        """This member's name (the host name before init)."""
+    @property
+    def address(self) -> str:
+        """This member's address, ``IP:port`` (empty before init)."""
+    def transaction(self, func: Callable[[Tx], _T]) -> _T:
+        """Runs ``func(tx)`` as a serializable transaction and returns its result."""
+    def cluster_members(self) -> list[dict[str, Any]]:
+        """The cluster members as the database has them (without status)."""
+
+@final
+class App:
+    """One cluster member: a state directory and, once started, its daemon."""
+
+    def __new__(cls, state_dir: str | os.PathLike[str]) -> Self: ...
+    def start(
+        self,
+        version: str,
+        *,
+        hooks: Hooks | None = None,
+        schema_updates: Sequence[str] = ...,
+        api_extensions: Sequence[str] = ...,
+        heartbeat: timedelta | float | None = None,
+    ) -> None:
+        """Starts the daemon and returns at once."""
+    def stop(self) -> None:
+        """Stops the daemon and waits for its end; idempotent."""
+    def wait(self) -> None:
+        """Waits until the daemon has ended; raises the error it failed with."""
+    def ready(self, timeout: timedelta | float | None = None) -> None:
+        """Waits until the daemon is ready."""
+    def status(self) -> dict[str, Any]:
+        """``{"name", "address", "version", "ready", "extensions"}``."""
+    def new_cluster(self, name: str, address: str, config: dict[str, str] | None = None) -> None:
+        """Bootstraps a new cluster with this member."""
+    def join_cluster(
+        self, name: str, address: str, token: str, config: dict[str, str] | None = None
+    ) -> None:
+        """Joins the cluster that issued ``token``."""
+    def new_join_token(self, name: str, expire_after: timedelta | float | None = None) -> str:
+        """Issues a join token for ``name`` (default validity: 3 hours)."""
+    def join_tokens(self) -> list[dict[str, Any]]:
+        """The join tokens that have not expired."""
+    def revoke_join_token(self, name: str) -> None:
+        """Revokes the join token issued for ``name``."""
+    def cluster_members(self) -> list[dict[str, Any]]:
+        """The cluster members with role and status."""
+    def remove_cluster_member(self, name: str, force: bool = False, address: str | None = None) -> None:
+        """Removes the member ``name`` from the cluster."""
+    def sql(self, query: str) -> dict[str, Any]:
+        """Runs ``query`` through the SQL API."""
+    def transaction(self, func: Callable[[Tx], _T]) -> _T:
+        """Runs ``func(tx)`` as a serializable transaction and returns its result."""
+    def __enter__(self) -> Self:
+        """Returns the app."""
+    def __exit__(
+        self,
+        *_exc_info: type[BaseException] | BaseException | TracebackType | None,
+    ) -> bool:
+        """Stops the daemon."""

@@ -1,0 +1,335 @@
+//! `App`: one cluster member for a state directory, its daemon's lifecycle and the operations
+//! core's `App` offers, as blocking methods that release the GIL.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use microcluster::{App, Args, DaemonArgs, Error, ErrorKind, HookSet, runtime};
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyInt};
+use tokio::sync::watch;
+
+use crate::block::block;
+use crate::error::to_py;
+use crate::hooks::{Gate, PyHooks};
+use crate::json;
+use crate::tx::TxFunction;
+
+/// The pause between attempts to stop a daemon that is still starting.
+const STOP_RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// The default validity of a join token.
+const DEFAULT_TOKEN_VALIDITY: Duration = Duration::from_secs(3 * 3600);
+
+/// The outcome of a daemon run, once it has ended.
+type Outcome = Option<microcluster::Result<()>>;
+
+/// A daemon started by `App.start`.
+#[derive(Clone)]
+struct Daemon {
+    outcome: watch::Receiver<Outcome>,
+    gate: Arc<Gate>,
+}
+
+/// Whether the daemon run behind `outcome` has ended.
+fn ended(outcome: &watch::Receiver<Outcome>) -> bool {
+    outcome.borrow().is_some() || outcome.has_changed().is_err()
+}
+
+/// Waits until the daemon run behind `outcome` has ended and returns its result.
+async fn finished(mut outcome: watch::Receiver<Outcome>) -> microcluster::Result<()> {
+    match outcome.wait_for(Option::is_some).await {
+        Ok(result) => result.clone().unwrap_or(Ok(())),
+        Err(_) => Err(Error::internal("The daemon task ended without a result")),
+    }
+}
+
+/// A duration given as `datetime.timedelta` or as float seconds.
+fn duration(value: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    if value.is_instance_of::<PyFloat>() || value.is_instance_of::<PyInt>() {
+        let seconds: f64 = value.extract()?;
+        return Duration::try_from_secs_f64(seconds).map_err(|err| {
+            to_py(
+                value.py(),
+                Error::invalid(format!("Invalid duration {seconds} s: {err}")),
+            )
+        });
+    }
+    value.extract()
+}
+
+/// One cluster member: a state directory and, once started, its daemon running in this
+/// process on the library's runtime.
+#[pyclass(name = "App", module = "microcluster._microcluster", frozen, weakref)]
+pub struct PyApp {
+    app: Arc<App>,
+    daemon: Mutex<Option<Daemon>>,
+}
+
+impl PyApp {
+    /// The daemon started by the latest `start`, if any.
+    fn daemon(&self) -> Option<Daemon> {
+        self.daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs `f` with the core app on the runtime and waits for it (see [`block`]).
+    fn call<T, F, Fut>(&self, py: Python<'_>, f: F) -> PyResult<T>
+    where
+        F: FnOnce(Arc<App>) -> Fut,
+        Fut: Future<Output = microcluster::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        block(py, f(self.app.clone()))
+    }
+}
+
+#[pymethods]
+impl PyApp {
+    /// Opens (creating if needed) the member's state directory; contacts nothing.
+    #[new]
+    fn new(py: Python<'_>, state_dir: PathBuf) -> PyResult<Self> {
+        let app = App::new(Args {
+            state_dir: Some(state_dir),
+            socket_group: None,
+        })
+        .map_err(|err| to_py(py, err))?;
+        Ok(PyApp {
+            app: Arc::new(app),
+            daemon: Mutex::new(None),
+        })
+    }
+
+    /// Starts the member's daemon and returns at once; `ready()` waits until it serves,
+    /// `stop()` stops it, `wait()` waits for its end.
+    #[pyo3(signature = (version, *, hooks = None, schema_updates = Vec::new(), api_extensions = Vec::new(), heartbeat = None))]
+    fn start(
+        slf: &Bound<'_, Self>,
+        version: String,
+        hooks: Option<Py<PyAny>>,
+        schema_updates: Vec<String>,
+        api_extensions: Vec<String>,
+        heartbeat: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let heartbeat_interval = heartbeat
+            .map(|heartbeat| duration(&heartbeat))
+            .transpose()?
+            .unwrap_or_default();
+        let mut slot = this.daemon.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|daemon| !ended(&daemon.outcome)) {
+            let err = Error::new(
+                ErrorKind::Conflict,
+                "The daemon of this app is already running",
+            );
+            return Err(to_py(py, err));
+        }
+        py.import("microcluster._lifecycle")?
+            .call_method1("track", (slf,))?;
+        let gate = Arc::new(Gate::default());
+        let args = DaemonArgs {
+            version,
+            heartbeat_interval,
+            api_extensions,
+            schema_updates,
+            hooks: hooks.map_or_else(HookSet::default, |hooks| {
+                HookSet::blocking(PyHooks::new(hooks, gate.clone()))
+            }),
+            ..DaemonArgs::default()
+        };
+        let (report, outcome) = watch::channel(None);
+        let app = this.app.clone();
+        runtime::handle().spawn(async move {
+            let _ = report.send(Some(app.start(args).await));
+        });
+        *slot = Some(Daemon { outcome, gate });
+        Ok(())
+    }
+
+    /// Stops the daemon this app started and waits until it has ended and no hook of it runs
+    /// any more. Does nothing when it is not running (idempotent).
+    fn stop(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(daemon) = self.daemon() else {
+            return Ok(());
+        };
+        let outcome = daemon.outcome.clone();
+        self.call(py, move |app| async move {
+            while !ended(&outcome) && app.stop().await.is_err() {
+                tokio::time::sleep(STOP_RETRY_EVERY).await;
+            }
+            let _ = finished(outcome).await;
+            Ok(())
+        })?;
+        py.detach(|| daemon.gate.close());
+        Ok(())
+    }
+
+    /// Waits until the daemon has ended (by `stop()`, a shutdown request or a failure) and
+    /// raises the error it failed with, if any.
+    fn wait(&self, py: Python<'_>) -> PyResult<()> {
+        let daemon = self
+            .daemon()
+            .ok_or_else(|| to_py(py, Error::invalid("The app was not started (App.start)")))?;
+        let result = block(py, finished(daemon.outcome.clone()));
+        if !matches!(&result, Err(err) if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py))
+        {
+            py.detach(|| daemon.gate.close());
+        }
+        result
+    }
+
+    /// Waits until the daemon is ready, for at most `timeout` (timedelta or float seconds;
+    /// None: no limit). Raises `TimeoutError` when not ready in time, `UnavailableError` when
+    /// the daemon has ended.
+    #[pyo3(signature = (timeout = None))]
+    fn ready(&self, py: Python<'_>, timeout: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let timeout = timeout.map(|timeout| duration(&timeout)).transpose()?;
+        let outcome = self.daemon().map(|daemon| daemon.outcome);
+        self.call(py, move |app| async move {
+            let Some(outcome) = outcome else {
+                return app.ready(timeout).await;
+            };
+            tokio::select! {
+                ready = app.ready(timeout) => ready,
+                ended = finished(outcome) => Err(Error::unavailable(match ended {
+                    Ok(()) => "The daemon has stopped".to_string(),
+                    Err(err) => format!("The daemon has stopped: {}", err.message()),
+                })),
+            }
+        })
+    }
+
+    /// The member's status: `{"name", "address", "version", "ready", "extensions"}`.
+    fn status(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let status = self.call(py, |app| async move { app.status().await })?;
+        json::to_python(py, &status)
+    }
+
+    /// Bootstraps a new cluster with this member, named `name`, at `address` (`IP:port`);
+    /// `config` is handed to the init hooks.
+    #[pyo3(signature = (name, address, config = None))]
+    fn new_cluster(
+        &self,
+        py: Python<'_>,
+        name: String,
+        address: String,
+        config: Option<BTreeMap<String, String>>,
+    ) -> PyResult<()> {
+        let config = config.unwrap_or_default();
+        self.call(py, move |app| async move {
+            app.new_cluster(&name, &address, config).await
+        })
+    }
+
+    /// Joins the cluster that issued `token`, as `name` at `address`.
+    #[pyo3(signature = (name, address, token, config = None))]
+    fn join_cluster(
+        &self,
+        py: Python<'_>,
+        name: String,
+        address: String,
+        token: String,
+        config: Option<BTreeMap<String, String>>,
+    ) -> PyResult<()> {
+        let config = config.unwrap_or_default();
+        self.call(py, move |app| async move {
+            app.join_cluster(&name, &address, &token, config).await
+        })
+    }
+
+    /// Issues a join token for the member `name`, valid for `expire_after` (timedelta or float
+    /// seconds; zero: until used or revoked).
+    #[pyo3(signature = (name, expire_after = None))]
+    fn new_join_token(
+        &self,
+        py: Python<'_>,
+        name: String,
+        expire_after: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let expire_after = expire_after
+            .map(|expire_after| duration(&expire_after))
+            .transpose()?
+            .unwrap_or(DEFAULT_TOKEN_VALIDITY);
+        self.call(py, move |app| async move {
+            app.new_join_token(&name, expire_after).await
+        })
+    }
+
+    /// The join tokens that have not expired: dicts `{"name", "token", "expires_at"}`.
+    fn join_tokens(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let tokens = self.call(py, |app| async move { app.join_tokens().await })?;
+        json::to_python(py, &tokens)
+    }
+
+    /// Revokes the join token issued for `name` (`NotFoundError` when there is none).
+    fn revoke_join_token(&self, py: Python<'_>, name: String) -> PyResult<()> {
+        self.call(
+            py,
+            move |app| async move { app.revoke_join_token(&name).await },
+        )
+    }
+
+    /// The cluster members with role and status, as dicts.
+    fn cluster_members(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let members = self.call(py, |app| async move { app.cluster_members().await })?;
+        json::to_python(py, &members)
+    }
+
+    /// Removes the member `name`; `force` ignores its failures, `address` also removes
+    /// orphans at that address.
+    #[pyo3(signature = (name, force = false, address = None))]
+    fn remove_cluster_member(
+        &self,
+        py: Python<'_>,
+        name: String,
+        force: bool,
+        address: Option<String>,
+    ) -> PyResult<()> {
+        // Core's removal future is not `Send`, so it runs on a blocking thread of the runtime.
+        self.call(py, move |app| async move {
+            tokio::task::spawn_blocking(move || {
+                let removal = app.remove_cluster_member(&name, force, address.as_deref());
+                tokio::runtime::Handle::current().block_on(removal)
+            })
+            .await
+            .map_err(|err| Error::internal(format!("The removal did not finish: {err}")))?
+        })
+    }
+
+    /// Runs `query` through the SQL API: `{"Results": [{"type", "columns", "rows",
+    /// "rows_affected"}, ...]}`.
+    fn sql(&self, py: Python<'_>, query: String) -> PyResult<Py<PyAny>> {
+        let results = self.call(py, move |app| async move { app.sql(&query).await })?;
+        json::to_python(py, &results)
+    }
+
+    /// Runs `func(tx)` as a serializable transaction on the replicated database and returns
+    /// its result; `func` may run more than once (after conflicts).
+    fn transaction(&self, py: Python<'_>, func: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        let func = TxFunction::new(func);
+        let closure = func.closure(py);
+        let result = self.call(py, move |app| async move { app.transaction(closure).await });
+        func.result(result)
+    }
+
+    /// Returns the app itself.
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Stops the daemon (see `stop`).
+    #[pyo3(signature = (*_exc_info))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_info: Bound<'_, pyo3::types::PyTuple>,
+    ) -> PyResult<bool> {
+        self.stop(py)?;
+        Ok(false)
+    }
+}

@@ -1,0 +1,137 @@
+//! Lifecycle hooks as Python callables, through core's `BlockingHooks`, and the `State` they
+//! get.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use microcluster::db::tx::DEFAULT_TIMEOUT;
+use microcluster::{BlockingHooks, Error, HookEvent, ReadMode, State};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::error::{hook_failure, to_py};
+use crate::json;
+use crate::tx::TxFunction;
+
+/// What a hook can see and do on its member.
+#[pyclass(name = "State", module = "microcluster._microcluster", frozen)]
+pub struct PyState {
+    state: State,
+}
+
+#[pymethods]
+impl PyState {
+    /// This member's name (the host name before init).
+    #[getter]
+    fn name(&self) -> String {
+        self.state.name()
+    }
+
+    /// This member's address, `IP:port` (empty before init).
+    #[getter]
+    fn address(&self) -> String {
+        self.state.address()
+    }
+
+    /// Runs `func(tx)` as a serializable transaction and returns its result (see
+    /// `App.transaction`).
+    fn transaction(&self, py: Python<'_>, func: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        let func = TxFunction::new(func);
+        let closure = func.closure(py);
+        let state = self.state.clone();
+        let result = py
+            .detach(move || {
+                state.transaction_blocking(ReadMode::Linearizable, DEFAULT_TIMEOUT, closure)
+            })
+            .map_err(|err| to_py(py, err));
+        func.result(result)
+    }
+
+    /// The cluster members as the database has them (dicts, without status).
+    fn cluster_members(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let state = self.state.clone();
+        let members = py
+            .detach(move || state.cluster_members_blocking())
+            .map_err(|err| to_py(py, err))?;
+        json::to_python(py, &members)
+    }
+}
+
+/// Lets hooks run until it is closed; closing waits for the hooks that are running, so that
+/// none runs after `stop` or `wait` returned.
+#[derive(Default)]
+pub(crate) struct Gate(RwLock<bool>);
+
+impl Gate {
+    /// Closes the gate, waiting for running hooks.
+    pub(crate) fn close(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// Holds the gate open while a hook runs; `Unavailable` once closed.
+    fn enter(&self, hook: &str) -> microcluster::Result<RwLockReadGuard<'_, bool>> {
+        let open = self.0.read().unwrap_or_else(|p| p.into_inner());
+        match *open {
+            true => Err(Error::unavailable(format!(
+                "{hook} hook not run: the app was stopped"
+            ))),
+            false => Ok(open),
+        }
+    }
+}
+
+/// The Python hooks object (a `microcluster.Hooks` or anything with the same attributes).
+pub(crate) struct PyHooks {
+    hooks: Py<PyAny>,
+    gate: Arc<Gate>,
+}
+
+impl PyHooks {
+    /// Wraps `hooks`; they run until `gate` is closed.
+    pub(crate) fn new(hooks: Py<PyAny>, gate: Arc<Gate>) -> PyHooks {
+        PyHooks { hooks, gate }
+    }
+
+    /// Calls the hook for `event`, if set, with the state and the event's arguments as keyword
+    /// arguments; a coroutine it returns runs to completion with `asyncio.run`.
+    fn run(&self, py: Python<'_>, state: &State, event: &HookEvent) -> PyResult<()> {
+        let attribute = match event {
+            HookEvent::Reset { .. } => "on_reset".to_string(),
+            _ => event.name().replace('-', "_"),
+        };
+        let Some(hook) = self.hooks.bind(py).getattr_opt(attribute)? else {
+            return Ok(());
+        };
+        if hook.is_none() {
+            return Ok(());
+        }
+        let kwargs = json::to_python(py, &event.args_json())?;
+        let kwargs = kwargs.bind(py).cast::<PyDict>()?;
+        let state = PyState {
+            state: state.clone(),
+        };
+        let returned = hook.call((state,), Some(kwargs))?;
+        if py
+            .import("inspect")?
+            .call_method1("iscoroutine", (&returned,))?
+            .is_truthy()?
+        {
+            py.import("asyncio")?.call_method1("run", (returned,))?;
+        }
+        Ok(())
+    }
+}
+
+impl BlockingHooks for PyHooks {
+    fn call(&self, state: &State, event: HookEvent) -> microcluster::Result<()> {
+        let _open = self.gate.enter(event.name())?;
+        Python::try_attach(|py| {
+            self.run(py, state, &event)
+                .map_err(|err| hook_failure(py, event.name(), err))
+        })
+        .unwrap_or_else(|| {
+            Err(Error::unavailable(
+                "The Python interpreter is shutting down",
+            ))
+        })
+    }
+}
