@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project on a fresh machine (Rust toolchain present):
 # formatting, lints, a single workspace build, all Rust tests (including the check that
-# include/microcluster.h is fresh), then the C example against the library just built.
+# include/microcluster.h is fresh), then the C example against the library just built, then
+# the Python package (built into a venv, tested with pytest and mypy.stubtest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -34,3 +35,6 @@ awk '/^test result:/ { passed += $4; failed += $6 } END { printf "cargo: %d pass
 echo "== C example (mcd): the library as shipped, a 3-process cluster, valgrind"
 make -C examples/c
 make -C examples/c test
+
+echo "== Python package: maturin develop into a venv under target/, pytest, mypy.stubtest"
+bindings-python/ci.sh

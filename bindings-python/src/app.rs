@@ -290,14 +290,9 @@ impl PyApp {
         force: bool,
         address: Option<String>,
     ) -> PyResult<()> {
-        // Core's removal future is not `Send`, so it runs on a blocking thread of the runtime.
         self.call(py, move |app| async move {
-            tokio::task::spawn_blocking(move || {
-                let removal = app.remove_cluster_member(&name, force, address.as_deref());
-                tokio::runtime::Handle::current().block_on(removal)
-            })
-            .await
-            .map_err(|err| Error::internal(format!("The removal did not finish: {err}")))?
+            app.remove_cluster_member(&name, force, address.as_deref())
+                .await
         })
     }
 

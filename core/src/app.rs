@@ -274,18 +274,7 @@ impl App {
         force: bool,
         address: Option<&str>,
     ) -> Result<()> {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        if force {
-            query.append_pair("force", "1");
-        }
-        if let Some(address) = address {
-            query.append_pair("address", address);
-        }
-        let query = query.finish();
-        let mut path = format!("/core/1.0/cluster/{}", path_segment(name));
-        if !query.is_empty() {
-            path = format!("{path}?{query}");
-        }
+        let path = crate::membership::removal_path(name, force, address);
         let client = self.local_client().with_timeout(INIT_TIMEOUT);
         runtime::run(async move {
             client

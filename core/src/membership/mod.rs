@@ -17,7 +17,7 @@ use crate::types::Control;
 use crate::{Error, Result, certs, validate};
 
 pub(crate) use admission::{admit, raft_join};
-pub(crate) use remove::{Removal, Removed, remove};
+pub(crate) use remove::{Removal, Removed, removal_path, remove};
 
 /// `POST /core/control` (SPEC §7.1): bootstraps or joins this member; a failure after the
 /// inputs were accepted is rolled back and leaves the member un-initialised.

@@ -43,21 +43,27 @@ pub(crate) struct Removal {
 impl Removal {
     /// The path of the DELETE request for this removal.
     pub fn path(&self) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        if self.force {
-            query.append_pair("force", "1");
-        }
-        if let Some(address) = &self.address {
-            query.append_pair("address", address);
-        }
-        let query = query.finish();
-        let name = form_urlencoded::byte_serialize(self.name.as_bytes())
-            .collect::<String>()
-            .replace('+', "%20");
-        match query.is_empty() {
-            true => format!("/core/1.0/cluster/{name}"),
-            false => format!("/core/1.0/cluster/{name}?{query}"),
-        }
+        removal_path(&self.name, self.force, self.address.as_deref())
+    }
+}
+
+/// The path of `DELETE /core/1.0/cluster/{name}[?force=1][&address=A]`. A plain function: the
+/// query serializer is not `Send`, so it must not live across an `await`.
+pub(crate) fn removal_path(name: &str, force: bool, address: Option<&str>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if force {
+        query.append_pair("force", "1");
+    }
+    if let Some(address) = address {
+        query.append_pair("address", address);
+    }
+    let query = query.finish();
+    let name = form_urlencoded::byte_serialize(name.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20");
+    match query.is_empty() {
+        true => format!("/core/1.0/cluster/{name}"),
+        false => format!("/core/1.0/cluster/{name}?{query}"),
     }
 }
 
