@@ -321,7 +321,7 @@ impl HookEvent {
     pub fn args_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let Some(object) = value.as_object_mut() {
-            object.remove("hook");
+            object.shift_remove("hook");
         }
         value
     }
@@ -460,9 +460,10 @@ mod tests {
             config: BTreeMap::from([("k".to_string(), "v".to_string())]),
         };
         assert_eq!(event.name(), "pre-init");
+        // The arguments keep their declared order (C callers see the JSON text).
         assert_eq!(
-            event.args_json(),
-            serde_json::json!({"bootstrap": true, "config": {"k": "v"}})
+            event.args_json().to_string(),
+            r#"{"bootstrap":true,"config":{"k":"v"}}"#
         );
         assert_eq!(HookEvent::OnStart.name(), "on-start");
         assert_eq!(HookEvent::OnStart.args_json(), serde_json::json!({}));
