@@ -1,1 +1,12 @@
-//! Node binding (napi-rs). The addon arrives with issue 8; until then this crate only links the core.
+//! Node binding of microcluster: the native addon behind the `microcluster` npm package.
+//!
+//! Thin by design: it converts JavaScript values to core's types and back, and returns a
+//! Promise for every call that may touch the network or run a hook. Futures run on core's one
+//! runtime ([`microcluster::runtime`]) and settle napi deferreds, so the addon never starts a
+//! runtime of its own and never blocks the event loop. The hand-written `index.js` facade wraps
+//! this addon into the public API typed by `index.d.ts`.
+
+mod app;
+mod error;
+mod hooks;
+mod tx;

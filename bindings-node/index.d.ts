@@ -1,0 +1,174 @@
+// Type definitions for the `microcluster` package (hand-written; the facade is index.js).
+
+/** A value of an SQL parameter or result cell. Integers outside ±(2^53-1) come back as bigint; blobs as Buffer. */
+export type SqlValue = null | boolean | number | bigint | string | Uint8Array
+
+/**
+ * An error of the library: a standard `Error` with a stable string `code`, one per core error
+ * kind: `MC_INVALID_ARGUMENT`, `MC_FORBIDDEN`, `MC_NOT_FOUND`, `MC_CONFLICT`,
+ * `MC_PAYLOAD_TOO_LARGE`, `MC_NOT_IMPLEMENTED`, `MC_UNAVAILABLE`, `MC_TIMEOUT`,
+ * `MC_WOULD_BLOCK`, `MC_INTERNAL`. A failing hook reaches the caller of the lifecycle step
+ * with the hook's message in `message`.
+ */
+export interface MicroclusterError extends Error {
+  /** The stable error code. */
+  code: ErrorCode
+}
+
+/** The codes of {@link MicroclusterError}. */
+export type ErrorCode =
+  | 'MC_INVALID_ARGUMENT' | 'MC_FORBIDDEN' | 'MC_NOT_FOUND' | 'MC_CONFLICT'
+  | 'MC_PAYLOAD_TOO_LARGE' | 'MC_NOT_IMPLEMENTED' | 'MC_UNAVAILABLE' | 'MC_TIMEOUT'
+  | 'MC_WOULD_BLOCK' | 'MC_INTERNAL'
+
+/** The handle a transaction function gets; valid until the function's Promise settles. */
+export interface Tx {
+  /** Runs a query; resolves with its rows, each an array of values in column order. */
+  query(sql: string, params?: SqlValue[]): Promise<SqlValue[][]>
+  /** Runs a statement; resolves with how many rows it changed. */
+  execute(sql: string, params?: SqlValue[]): Promise<number>
+}
+
+/**
+ * A transaction function. It may run more than once (core re-runs it after a conflict with a
+ * concurrent writer); only the run that commits counts, and its return value is what
+ * `transaction` resolves with. Throwing (or rejecting) rolls the transaction back.
+ */
+export type TxFunction<T> = (tx: Tx) => T | Promise<T>
+
+/** What hooks can see and do on their member. */
+export declare class State {
+  private constructor()
+  /** This member's name (the host name before init). */
+  readonly name: string
+  /** This member's address, `IP:port` (empty before init). */
+  readonly address: string
+  /** The cluster members as the database has them (without status). */
+  clusterMembers(): Promise<ClusterMember[]>
+  /** Runs `fn(tx)` as a serializable transaction (see {@link App.transaction}). */
+  transaction<T>(fn: TxFunction<T>): Promise<T>
+}
+
+/** Init configuration handed to the init hooks (`config` of `newCluster`/`joinCluster`). */
+export type InitConfig = Record<string, string>
+
+/** A member as a hook or `clusterMembers` sees it. */
+export interface ClusterMember {
+  name: string
+  address: string
+  role?: string
+  status?: string
+  certificate?: string
+  [key: string]: unknown
+}
+
+/** A hook: may be async; throwing or rejecting fails the lifecycle step (see each hook). */
+export type Hook<A> = (state: State, args: A) => void | Promise<void>
+
+/**
+ * Lifecycle hooks (SPEC §10), each optional. They run on the event loop; the daemon waits for
+ * their Promise. None is called after `stop()` resolved.
+ */
+export interface Hooks {
+  /** Before a bootstrap or join; a failure aborts the init. */
+  preInit?: Hook<{ bootstrap: boolean, config: InitConfig }>
+  /** After a bootstrap; a failure rolls it back. */
+  postBootstrap?: Hook<{ config: InitConfig }>
+  /** On a joiner, once in the cluster, before the others run onNewMember; a failure rolls the join back. */
+  preJoin?: Hook<{ config: InitConfig }>
+  /** On a joiner, last; a failure rolls the join back. */
+  postJoin?: Hook<{ config: InitConfig }>
+  /** On every existing member when `new_member` joins; a failure rolls the join back. */
+  onNewMember?: Hook<{ new_member: ClusterMember }>
+  /** At every start and after a reset, before the daemon is ready; a failure stops the daemon. */
+  onStart?: Hook<Record<string, never>>
+  /** On the member being removed; a failure aborts the removal unless forced. */
+  preRemove?: Hook<{ force: boolean }>
+  /** On the remaining members after a removal. */
+  postRemove?: Hook<{ force: boolean }>
+  /** On the leader after every heartbeat round. */
+  onHeartbeat?: Hook<{ roles: Record<string, { old: string, new: string }> }>
+  /** On the other members after a member's daemon configuration changed. */
+  onDaemonConfigUpdate?: Hook<{ config: Record<string, unknown> }>
+  /** The reset event (`reason`: `removed` or `init_failed`); its outcome is ignored. */
+  onReset?: Hook<{ reason: string }>
+}
+
+/** Options of {@link App.start}. */
+export interface StartOptions {
+  /** The application version, reported by `GET /core/1.0`. */
+  version: string
+  /** Lifecycle hooks. */
+  hooks?: Hooks
+  /** Schema updates: SQL scripts, in order; never reorder or edit released ones. */
+  schemaUpdates?: string[]
+  /** API extensions, in order. */
+  apiExtensions?: string[]
+  /** Interval between heartbeat rounds in ms (default 10 s). */
+  heartbeatMs?: number
+}
+
+/** The member's status (`GET /core/1.0`). */
+export interface Status {
+  name: string
+  address: string
+  version: string
+  ready: boolean
+  extensions?: string[]
+  [key: string]: unknown
+}
+
+/** A join token that has not expired. */
+export interface TokenRecord {
+  name: string
+  token: string
+  expires_at?: string
+  [key: string]: unknown
+}
+
+/**
+ * One cluster member: a state directory and, once started, its daemon, which runs on the
+ * library's threads (not the event loop). A running daemon does not keep Node alive by itself:
+ * await `wait()` to serve until it stops. Every method returns a Promise; failures reject
+ * with a {@link MicroclusterError}.
+ */
+export declare class App {
+  /** Opens (creating if needed) the state directory; contacts nothing. Same as `App.open`. */
+  constructor(options: { stateDir: string })
+  /** Opens (creating if needed) the state directory; contacts nothing. */
+  static open(options: { stateDir: string }): Promise<App>
+  /** Starts the daemon and resolves at once (`MC_CONFLICT` if it runs already); use `ready()` to wait. */
+  start(options: StartOptions): Promise<void>
+  /** Stops the daemon and waits until it has ended; idempotent. No hook is called afterwards. */
+  stop(): Promise<void>
+  /** Resolves when the daemon has ended; rejects with what it failed with. */
+  wait(): Promise<void>
+  /** Resolves when the daemon is ready; `MC_TIMEOUT` after `timeoutMs`, `MC_UNAVAILABLE` if it ended. */
+  ready(options?: { timeoutMs?: number }): Promise<void>
+  /** The member's status. */
+  status(): Promise<Status>
+  /** Bootstraps a new cluster with this member as `name` at `address` (`IP:port`). */
+  newCluster(name: string, address: string, config?: InitConfig): Promise<void>
+  /** Joins the cluster that issued `token`, as `name` at `address`; resolves once online. */
+  joinCluster(name: string, address: string, token: string, config?: InitConfig): Promise<void>
+  /** Issues a join token for `name`, valid for `expireAfterMs` (default 3 h; 0: until used). */
+  newJoinToken(name: string, options?: { expireAfterMs?: number }): Promise<string>
+  /** The join tokens that have not expired. */
+  joinTokens(): Promise<TokenRecord[]>
+  /** Revokes the join token issued for `name` (`MC_NOT_FOUND` if there is none). */
+  revokeJoinToken(name: string): Promise<void>
+  /** The cluster members with role and status. */
+  clusterMembers(): Promise<ClusterMember[]>
+  /** Removes the member `name`; `force` ignores its failures, `address` also removes orphans there. */
+  removeClusterMember(name: string, options?: { force?: boolean, address?: string }): Promise<void>
+  /** Runs `query` through the SQL API: `{ Results: [...] }`. */
+  sql(query: string): Promise<{ Results: unknown[] }>
+  /**
+   * Runs `fn(tx)` as a serializable transaction on the replicated database (linearizable
+   * reads) and resolves with what the committed run returned. `fn` may run more than once.
+   * Needs the daemon to run in this process (`MC_UNAVAILABLE` otherwise).
+   */
+  transaction<T>(fn: TxFunction<T>): Promise<T>
+  /** `stop()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>
+}

@@ -1,0 +1,326 @@
+//! `App`: one cluster member for a state directory, its daemon's lifecycle and the operations
+//! core's `App` offers, each returning a Promise.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use microcluster::{Args, DaemonArgs, Error, ErrorKind, HookSet, runtime};
+use napi::Env;
+use napi::bindgen_prelude::Object;
+use napi_derive::napi;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::error::{promise, to_js};
+use crate::hooks::{JsHooks, NativeHooks};
+use crate::tx::{TxFunction, closure};
+
+/// The pause between attempts to stop a daemon that is still starting.
+const STOP_RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// The default validity of a join token (as in the Python binding and the CLI).
+const DEFAULT_TOKEN_VALIDITY: Duration = Duration::from_secs(3 * 3600);
+
+/// The outcome of a daemon run, once it has ended.
+type Outcome = Option<microcluster::Result<()>>;
+
+/// A daemon started by `start`.
+#[derive(Clone)]
+struct Daemon {
+    outcome: watch::Receiver<Outcome>,
+    closed: Arc<AtomicBool>,
+}
+
+/// Whether the daemon run behind `outcome` has ended.
+fn ended(outcome: &watch::Receiver<Outcome>) -> bool {
+    outcome.borrow().is_some() || outcome.has_changed().is_err()
+}
+
+/// Waits until the daemon run behind `outcome` has ended and returns its result.
+async fn finished(mut outcome: watch::Receiver<Outcome>) -> microcluster::Result<()> {
+    match outcome.wait_for(Option::is_some).await {
+        Ok(result) => result.clone().unwrap_or(Ok(())),
+        Err(_) => Err(Error::internal("The daemon task ended without a result")),
+    }
+}
+
+/// Milliseconds from JavaScript as a duration.
+fn millis(ms: f64) -> microcluster::Result<Duration> {
+    Duration::try_from_secs_f64(ms / 1000.0)
+        .map_err(|err| Error::invalid(format!("Invalid duration {ms} ms: {err}")))
+}
+
+/// A serializable core value as JSON for JavaScript.
+fn json(value: &impl Serialize) -> microcluster::Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|err| Error::internal(err.to_string()))
+}
+
+/// What `start` runs the daemon with.
+#[napi(object, object_to_js = false)]
+pub struct StartOptions {
+    /// The application version. Required.
+    pub version: String,
+    /// Lifecycle hooks.
+    pub hooks: Option<NativeHooks>,
+    /// Schema updates, SQL scripts in order.
+    pub schema_updates: Option<Vec<String>>,
+    /// API extensions, in order.
+    pub api_extensions: Option<Vec<String>>,
+    /// Interval between heartbeat rounds in milliseconds (0 or absent: the default).
+    pub heartbeat_ms: Option<f64>,
+}
+
+/// One cluster member: a state directory and, once started, its daemon running in this
+/// process on the library's runtime.
+#[napi(js_name = "App")]
+pub struct JsApp {
+    app: Arc<microcluster::App>,
+    daemon: Mutex<Option<Daemon>>,
+}
+
+impl JsApp {
+    /// The daemon started by the latest `start`, if any.
+    fn daemon(&self) -> Option<Daemon> {
+        self.daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A Promise of `f` run with the core app on core's runtime.
+    fn call<'env, T, F, Fut>(&self, env: &'env Env, f: F) -> napi::Result<Object<'env>>
+    where
+        F: FnOnce(Arc<microcluster::App>) -> Fut,
+        Fut: Future<Output = microcluster::Result<T>> + Send + 'static,
+        T: napi::bindgen_prelude::ToNapiValue + Send + 'static,
+    {
+        promise(env, f(self.app.clone()))
+    }
+}
+
+#[napi]
+impl JsApp {
+    /// Opens (creating if needed) the member's state directory; contacts nothing.
+    #[napi(factory, catch_unwind)]
+    pub fn open(env: Env, state_dir: String) -> napi::Result<JsApp> {
+        let app = microcluster::App::new(Args {
+            state_dir: Some(PathBuf::from(state_dir)),
+            socket_group: None,
+        })
+        .map_err(|err| to_js(&env, &err))?;
+        Ok(JsApp {
+            app: Arc::new(app),
+            daemon: Mutex::new(None),
+        })
+    }
+
+    /// Starts the daemon on core's runtime and resolves at once; `ready` waits until it
+    /// serves, `stop` stops it, `wait` waits for its end.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn start<'env>(&self, env: &'env Env, options: StartOptions) -> napi::Result<Object<'env>> {
+        let mut slot = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|daemon| !ended(&daemon.outcome)) {
+            let err = Error::new(
+                ErrorKind::Conflict,
+                "The daemon of this app is already running",
+            );
+            return Err(to_js(env, &err));
+        }
+        let heartbeat_interval =
+            millis(options.heartbeat_ms.unwrap_or(0.0)).map_err(|err| to_js(env, &err))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let args = DaemonArgs {
+            version: options.version,
+            heartbeat_interval,
+            api_extensions: options.api_extensions.unwrap_or_default(),
+            schema_updates: options.schema_updates.unwrap_or_default(),
+            hooks: options.hooks.map_or_else(HookSet::default, |hooks| {
+                HookSet::from(JsHooks::new(hooks, closed.clone()))
+            }),
+            ..DaemonArgs::default()
+        };
+        let (report, outcome) = watch::channel(None);
+        let app = self.app.clone();
+        runtime::handle().spawn(async move {
+            let _ = report.send(Some(app.start(args).await));
+        });
+        *slot = Some(Daemon { outcome, closed });
+        promise(env, async { Ok(()) })
+    }
+
+    /// Stops the daemon this app started and waits until it has ended; after that no hook is
+    /// called. Does nothing when it is not running (idempotent).
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn stop<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
+        let Some(daemon) = self.daemon() else {
+            return promise(env, async { Ok(()) });
+        };
+        self.call(env, move |app| async move {
+            let outcome = daemon.outcome.clone();
+            while !ended(&outcome) && app.stop().await.is_err() {
+                tokio::time::sleep(STOP_RETRY_EVERY).await;
+            }
+            let _ = finished(outcome).await;
+            daemon.closed.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+
+    /// Resolves when the daemon has ended (by `stop`, a shutdown request or a failure);
+    /// rejects with the error it failed with.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn wait<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
+        let outcome = self.daemon().map(|daemon| daemon.outcome);
+        promise(env, async move {
+            match outcome {
+                Some(outcome) => finished(outcome).await,
+                None => Err(Error::invalid("The app was not started (app.start)")),
+            }
+        })
+    }
+
+    /// Resolves when the daemon is ready; rejects with `MC_TIMEOUT` after `timeout_ms`, or
+    /// `MC_UNAVAILABLE` when the daemon has ended.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn ready<'env>(
+        &self,
+        env: &'env Env,
+        timeout_ms: Option<f64>,
+    ) -> napi::Result<Object<'env>> {
+        let timeout = timeout_ms
+            .map(millis)
+            .transpose()
+            .map_err(|err| to_js(env, &err))?;
+        let outcome = self.daemon().map(|daemon| daemon.outcome);
+        self.call(env, move |app| async move {
+            let Some(outcome) = outcome else {
+                return app.ready(timeout).await;
+            };
+            tokio::select! {
+                ready = app.ready(timeout) => ready,
+                ended = finished(outcome) => Err(Error::unavailable(match ended {
+                    Ok(()) => "The daemon has stopped".to_string(),
+                    Err(err) => format!("The daemon has stopped: {}", err.message()),
+                })),
+            }
+        })
+    }
+
+    /// The member's status: `{ name, address, version, ready, extensions }`.
+    #[napi(catch_unwind, ts_return_type = "Promise<object>")]
+    pub fn status<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
+        self.call(env, |app| async move { json(&app.status().await?) })
+    }
+
+    /// Bootstraps a new cluster with this member as `name` at `address`.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn new_cluster<'env>(
+        &self,
+        env: &'env Env,
+        name: String,
+        address: String,
+        config: Option<HashMap<String, String>>,
+    ) -> napi::Result<Object<'env>> {
+        let config = config.unwrap_or_default().into_iter().collect();
+        self.call(env, move |app| async move {
+            app.new_cluster(&name, &address, config).await
+        })
+    }
+
+    /// Joins the cluster that issued `token`, as `name` at `address`.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn join_cluster<'env>(
+        &self,
+        env: &'env Env,
+        name: String,
+        address: String,
+        token: String,
+        config: Option<HashMap<String, String>>,
+    ) -> napi::Result<Object<'env>> {
+        let config = config.unwrap_or_default().into_iter().collect();
+        self.call(env, move |app| async move {
+            app.join_cluster(&name, &address, &token, config).await
+        })
+    }
+
+    /// Issues a join token for `name`, valid for `expire_after_ms` (0: until used or revoked).
+    #[napi(catch_unwind, ts_return_type = "Promise<string>")]
+    pub fn new_join_token<'env>(
+        &self,
+        env: &'env Env,
+        name: String,
+        expire_after_ms: Option<f64>,
+    ) -> napi::Result<Object<'env>> {
+        let expire_after = match expire_after_ms {
+            Some(ms) => millis(ms).map_err(|err| to_js(env, &err))?,
+            None => DEFAULT_TOKEN_VALIDITY,
+        };
+        self.call(env, move |app| async move {
+            app.new_join_token(&name, expire_after).await
+        })
+    }
+
+    /// The join tokens that have not expired.
+    #[napi(catch_unwind, ts_return_type = "Promise<Array<object>>")]
+    pub fn join_tokens<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
+        self.call(env, |app| async move { json(&app.join_tokens().await?) })
+    }
+
+    /// Revokes the join token issued for `name`.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn revoke_join_token<'env>(
+        &self,
+        env: &'env Env,
+        name: String,
+    ) -> napi::Result<Object<'env>> {
+        self.call(
+            env,
+            move |app| async move { app.revoke_join_token(&name).await },
+        )
+    }
+
+    /// The cluster members with role and status.
+    #[napi(catch_unwind, ts_return_type = "Promise<Array<object>>")]
+    pub fn cluster_members<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
+        self.call(
+            env,
+            |app| async move { json(&app.cluster_members().await?) },
+        )
+    }
+
+    /// Removes the member `name`; `force` ignores its failures, `address` also removes
+    /// orphans at that address.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn remove_cluster_member<'env>(
+        &self,
+        env: &'env Env,
+        name: String,
+        force: Option<bool>,
+        address: Option<String>,
+    ) -> napi::Result<Object<'env>> {
+        self.call(env, move |app| async move {
+            app.remove_cluster_member(&name, force.unwrap_or(false), address.as_deref())
+                .await
+        })
+    }
+
+    /// Runs `query` through the SQL API: `{ Results: [...] }`.
+    #[napi(catch_unwind, ts_return_type = "Promise<object>")]
+    pub fn sql<'env>(&self, env: &'env Env, query: String) -> napi::Result<Object<'env>> {
+        self.call(env, move |app| async move { app.sql(&query).await })
+    }
+
+    /// Runs `function(tx)` as a serializable transaction; it may run more than once.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn transaction<'env>(
+        &self,
+        env: &'env Env,
+        #[napi(ts_arg_type = "(tx: Tx) => Promise<void>")] function: TxFunction,
+    ) -> napi::Result<Object<'env>> {
+        let run = closure(function);
+        self.call(env, move |app| async move { app.transaction(run).await })
+    }
+}

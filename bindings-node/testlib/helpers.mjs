@@ -1,0 +1,27 @@
+// Shared test helpers: free ports, temp dirs, waiting on conditions.
+import net from 'node:net'
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+
+export async function freePort () {
+  const server = net.createServer()
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address()
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+export function tempDir () {
+  return fs.mkdtemp(path.join(os.tmpdir(), 'mc-node-'))
+}
+
+export async function waitFor (what, check, timeoutMs = 60000) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await check()
+    if (value) return value
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
