@@ -2,7 +2,8 @@
 # Runs every check and test of the project on a fresh machine (Rust toolchain present):
 # formatting, lints, a single workspace build, all Rust tests (including the check that
 # include/microcluster.h is fresh), then the C example against the library just built, then
-# the Python package (built into a venv, tested with pytest and mypy.stubtest).
+# the Python package (built into a venv, tested with pytest and mypy.stubtest), then the Node
+# module (npm ci, napi build, node --test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -38,3 +39,6 @@ make -C examples/c test
 
 echo "== Python package: maturin develop into a venv under target/, pytest, mypy.stubtest"
 bindings-python/ci.sh
+
+echo "== Node module: npm ci, napi build (debug, reusing target/), node --test"
+bindings-node/ci.sh
