@@ -78,6 +78,9 @@ enum Phase {
     ShuttingDown,
 }
 
+/// How long stopping waits for each member task (listener, heartbeat, …) before aborting it.
+const MEMBER_TASK_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long start-up waits for the database to come online before it continues anyway
 /// (SPEC §7.5).
 const DATABASE_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -442,9 +445,16 @@ impl Daemon {
             std::mem::replace(&mut *services, fresh)
         };
         token.cancel();
-        for task in tasks {
-            if let Err(err) = task.await {
-                tracing::warn!("A member task failed while stopping: {err}");
+        for mut task in tasks {
+            match tokio::time::timeout(MEMBER_TASK_STOP_TIMEOUT, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!("A member task failed while stopping: {err}"),
+                Err(_) => {
+                    tracing::warn!(
+                        "A member task did not stop within {MEMBER_TASK_STOP_TIMEOUT:?}; aborting it"
+                    );
+                    task.abort();
+                }
             }
         }
         let database = self
@@ -506,6 +516,7 @@ impl Daemon {
 
     /// Stops everything but the control socket (SPEC §15 step 5).
     pub async fn stop_services(&self) -> Result<()> {
+        crate::membership::handover::hand_over_leadership(self).await;
         self.services.cancel();
         let tasks = std::mem::take(
             &mut *self

@@ -4,6 +4,9 @@
 
 use microcluster_it::{Cluster, Microd, free_address, texts, wait_until};
 
+/// Heartbeats every second, to keep the tests short.
+const HEARTBEAT_1S: &[&str] = &["--heartbeat", "1s"];
+
 /// The hook lines a member logged, in order, without timestamps.
 fn hook_lines(log: &str) -> Vec<String> {
     log.lines()
@@ -322,7 +325,7 @@ fn roles(cluster: &Cluster, i: usize) -> Vec<(String, String, String)> {
 
 #[test]
 fn five_members_have_three_voters_and_a_lost_voter_is_replaced() {
-    let mut cluster = Cluster::start(5, &["--heartbeat", "1s"]);
+    let mut cluster = Cluster::start(5, HEARTBEAT_1S);
     let listed = roles(&cluster, 0);
     let count = |role: &str, listed: &[(String, String, String)]| {
         listed.iter().filter(|(_, r, _)| r == role).count()
@@ -351,7 +354,7 @@ fn five_members_have_three_voters_and_a_lost_voter_is_replaced() {
 
 #[test]
 fn a_paused_member_is_listed_unreachable_without_stalling_the_list() {
-    let cluster = Cluster::start(3, &["--heartbeat", "1s"]);
+    let cluster = Cluster::start(3, HEARTBEAT_1S);
     let leader = cluster.leader().expect("a leader");
     let paused = (0..3).find(|&i| i != leader).unwrap();
     let asker = (0..3).find(|&i| i != leader && i != paused).unwrap();
@@ -373,7 +376,7 @@ fn a_paused_member_is_listed_unreachable_without_stalling_the_list() {
 
 #[test]
 fn heartbeats_repair_a_truststore_changed_behind_the_daemons_back() {
-    let cluster = Cluster::start(3, &["--heartbeat", "1s"]);
+    let cluster = Cluster::start(3, HEARTBEAT_1S);
     let leader = cluster.leader().expect("a leader");
     let follower = (0..3).find(|&i| i != leader).unwrap();
     let entry = cluster.state_dirs[follower].join(format!("truststore/c{}.yaml", leader + 1));
@@ -389,4 +392,24 @@ fn heartbeats_repair_a_truststore_changed_behind_the_daemons_back() {
                 .join("truststore/stranger.yaml")
                 .exists()
     });
+}
+
+#[test]
+fn a_leader_that_shuts_down_hands_leadership_over_first() {
+    let mut cluster = Cluster::start(3, HEARTBEAT_1S);
+    cluster
+        .sql(0, "CREATE TABLE h (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    let leader = cluster.leader().expect("a leader");
+    cluster.stop(leader);
+    let log = cluster.log(leader);
+    assert!(log.contains("Handing leadership over to"), "{log}");
+    assert!(log.contains("is the leader now"), "{log}");
+    let survivor = (0..3).find(|&i| i != leader).unwrap();
+    wait_until("a survivor leads", || {
+        cluster.leader().is_some_and(|new| new != leader)
+    });
+    cluster
+        .sql(survivor, "INSERT INTO h (id) VALUES (NULL)")
+        .expect("the cluster keeps working");
 }

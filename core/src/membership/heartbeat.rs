@@ -64,8 +64,13 @@ pub(crate) async fn run(
         if !db.is_leader() {
             continue;
         }
-        if let Err(err) = round(&daemon, &db, interval).await {
-            tracing::warn!("Heartbeat round failed: {err}");
+        // A round can wait on the database for a long time when the cluster is in trouble;
+        // stopping must not wait for it (a round's transactions are atomic).
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            done = round(&daemon, &db, interval) => if let Err(err) = done {
+                tracing::warn!("Heartbeat round failed: {err}");
+            },
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod admission;
 mod bootstrap;
+pub(crate) mod handover;
 pub(crate) mod heartbeat;
 mod join;
 pub(crate) mod members;

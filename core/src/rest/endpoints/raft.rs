@@ -13,6 +13,7 @@ use crate::db::Database;
 use crate::db::raft::network::{self, APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::db::raft::{Command, NodeId, TypeConfig};
 use crate::db::{PROPOSE_PATH, READ_INDEX_PATH};
+use crate::membership::handover::ELECT_PATH;
 use crate::rest::envelope::Response;
 use crate::rest::router::{Action, Endpoint, Handler, Request, handler};
 
@@ -36,7 +37,22 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         raft_endpoint(SNAPSHOT_PATH, handler(snapshot)),
         raft_endpoint(PROPOSE_PATH, handler(propose)),
         raft_endpoint(READ_INDEX_PATH, handler(read_index)),
+        Endpoint::new(ELECT_PATH.trim_start_matches('/'))
+            .before_init()
+            .network_only()
+            .post(Action::trusted(handler(elect))),
     ]
+}
+
+/// Starts an election on this member now (the old leader hands over at shutdown).
+async fn elect(daemon: Arc<Daemon>, _request: Request) -> Result<Response> {
+    let db = daemon.database()?;
+    db.raft()
+        .trigger()
+        .elect()
+        .await
+        .map_err(|err| crate::Error::unavailable(format!("Failed to start an election: {err}")))?;
+    Ok(Response::empty())
 }
 
 async fn append(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
