@@ -312,14 +312,8 @@ impl App {
         T: Send + 'static,
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
-        let daemon = self.daemon()?;
-        runtime::run(async move {
-            let database = daemon.online_database().map_err(|err| {
-                Error::unavailable(format!("Database is not ready yet: {}", err.message()))
-            })?;
-            database.transaction(mode, timeout, f).await
-        })
-        .await
+        let state = self.daemon()?.state();
+        runtime::run(async move { state.transaction_with(mode, timeout, f).await }).await
     }
 
     /// The daemon running in this process, if any.

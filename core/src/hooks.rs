@@ -195,7 +195,8 @@ impl State {
         T: Send + 'static,
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
-        let database = self.daemon.database().map_err(|err| {
+        // SPEC §11.1: only on a database that is online (or waiting for an upgrade).
+        let database = self.daemon.online_database().map_err(|err| {
             Error::unavailable(format!("Database is not ready yet: {}", err.message()))
         })?;
         database.transaction(mode, timeout, f).await
