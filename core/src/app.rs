@@ -285,6 +285,12 @@ impl App {
         .await
     }
 
+    /// The members as this member's own `database/` has them (SPEC §14.1); works whether or
+    /// not the daemon runs.
+    pub fn local_members(&self) -> Result<Vec<crate::membership::local::LocalMember>> {
+        crate::membership::local::local_members(&self.state_dir)
+    }
+
     /// Runs `query` through the SQL API (SPEC §12) and returns `{"Results":[…]}`.
     pub async fn sql(&self, query: &str) -> Result<Value> {
         let body = serde_json::json!({ "query": query });

@@ -17,7 +17,7 @@ pub mod db;
 pub mod error;
 pub mod hooks;
 pub mod member_config;
-mod membership;
+pub mod membership;
 mod rest;
 pub mod runtime;
 pub mod state_dir;

@@ -15,6 +15,9 @@ const MEMBER_HEADER: [&str; 5] = ["NAME", "ADDRESS", "ROLE", "FINGERPRINT", "STA
 /// The header of `tokens list`.
 const TOKEN_HEADER: [&str; 3] = ["NAME", "TOKENS", "EXPIRES AT"];
 
+/// The columns of `cluster list --local` (SPEC §16.2).
+const LOCAL_HEADER: [&str; 4] = ["ID", "NAME", "ADDRESS", "ROLE"];
+
 /// How a list is printed (`-f`/`--format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -194,6 +197,27 @@ pub fn tokens(format: Format, tokens: &[TokenRecord]) -> Result<String> {
         })
         .collect();
     render(format, &TOKEN_HEADER, entries)
+}
+
+/// Prints `cluster list --local`: columns `ID`, `NAME`, `ADDRESS`, `ROLE`, or `{id, name,
+/// address, role}` objects for `json` and `yaml`.
+pub fn local_members(
+    format: Format,
+    members: &[microcluster::membership::local::LocalMember],
+) -> Result<String> {
+    let entries = members
+        .iter()
+        .map(|member| {
+            let row = vec![
+                member.id.to_string(),
+                member.name.clone(),
+                member.address.clone(),
+                member.role.clone(),
+            ];
+            (row, member)
+        })
+        .collect();
+    render(format, &LOCAL_HEADER, entries)
 }
 
 /// Sorts `entries` naturally by their row and prints the rows (`table`, `compact`, `csv`) or

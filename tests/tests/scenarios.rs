@@ -57,6 +57,16 @@ fn members(cluster: &Cluster, i: usize) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// `cluster list --local -f json` of member `i`: the Raft view of its own state directory.
+fn local_view(cluster: &Cluster, i: usize) -> Vec<serde_json::Value> {
+    let json = cluster.ctl_ok(i, &["cluster", "list", "--local", "-f", "json"]);
+    serde_json::from_str::<serde_json::Value>(&json)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 fn decode_token(token: &str) -> serde_json::Value {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(token.trim())
@@ -214,6 +224,8 @@ fn join_token_after_cluster_formed() {
     assert_eq!(addresses, cluster.addresses.iter().cloned().collect());
 
     cluster.kill(0);
+    // The local view works with the daemon down: c1 knew three members.
+    assert_eq!(local_view(&cluster, 0).len(), 3);
     let (ok, err) = c4.init("c4", &token);
     assert!(ok, "{err}\n{}", c4.member.log_text());
     let rows = members(&cluster, 1);
@@ -225,6 +237,7 @@ fn join_token_after_cluster_formed() {
         rows[0],
         ("c1".into(), rows[0].1.clone(), "UNREACHABLE".into())
     );
+    assert_eq!(local_view(&cluster, 1).len(), 4);
     wait_until("c1 is demoted to spare", || {
         members(&cluster, 1)
             .iter()
@@ -274,6 +287,14 @@ fn join_token_before_cluster_formed() {
             ("c2".to_string(), "ONLINE".to_string()),
             ("c3".to_string(), "ONLINE".to_string()),
         ]
+    );
+    let out = c2.member.ctl(&["cluster", "list", "--local", "-f", "json"]);
+    let local: serde_json::Value = serde_json::from_str(&texts(&out).0).unwrap();
+    let local = local.as_array().unwrap();
+    assert_eq!(local.len(), 3, "{local:?}");
+    assert!(
+        local.iter().all(|m| m["address"] != c4.address.as_str()),
+        "{local:?}"
     );
 }
 
@@ -382,6 +403,7 @@ fn truststore_force_removal() {
     );
     let rows = members(&cluster, 0);
     assert!(!rows.iter().any(|(name, _, _)| name == "c3"), "{rows:?}");
+    assert!(!local_view(&cluster, 0).iter().any(|m| m["name"] == "c3"));
     for i in [0, 1] {
         assert!(!cluster.state_dirs[i].join("truststore/c3.yaml").exists());
     }

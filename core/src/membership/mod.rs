@@ -6,6 +6,7 @@ mod bootstrap;
 pub(crate) mod handover;
 pub(crate) mod heartbeat;
 mod join;
+pub mod local;
 pub(crate) mod members;
 mod remove;
 pub(crate) mod tokens;

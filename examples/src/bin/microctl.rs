@@ -114,6 +114,10 @@ enum ClusterCommand {
     List {
         /// Ask the member at this address (over mTLS) instead of the local daemon.
         address: Option<String>,
+        /// Show the Raft view stored in this member's state directory (works with the daemon
+        /// stopped): ID, NAME, ADDRESS, ROLE.
+        #[arg(short, long, conflicts_with = "address")]
+        local: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -233,7 +237,16 @@ async fn tokens(client: &Client, command: TokensCommand) -> microcluster::Result
 
 async fn cluster(app: &App, client: &Client, command: ClusterCommand) -> microcluster::Result<()> {
     match command {
-        ClusterCommand::List { address, format } => {
+        ClusterCommand::List {
+            local: true,
+            format,
+            ..
+        } => {
+            print!("{}", output::local_members(format, &app.local_members()?)?);
+        }
+        ClusterCommand::List {
+            address, format, ..
+        } => {
             let client = match address {
                 Some(address) => app.remote_client(&address, None)?,
                 None => client.clone(),

@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod local_view;
 pub mod log_store;
 pub mod network;
 mod sqlite;
