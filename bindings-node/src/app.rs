@@ -7,44 +7,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use microcluster::{Args, DaemonArgs, Error, ErrorKind, HookSet, runtime};
+use microcluster::{Args, DaemonArgs, Error, ErrorKind, HookSet, Spawned};
 use napi::Env;
 use napi::bindgen_prelude::Object;
 use napi_derive::napi;
 use serde::Serialize;
-use tokio::sync::watch;
 
 use crate::error::{promise, to_js};
 use crate::hooks::{JsHooks, NativeHooks};
 use crate::tx::{TxFunction, closure};
 
-/// The pause between attempts to stop a daemon that is still starting.
-const STOP_RETRY_EVERY: Duration = Duration::from_millis(50);
-
 /// The default validity of a join token (as in the Python binding and the CLI).
 const DEFAULT_TOKEN_VALIDITY: Duration = Duration::from_secs(3 * 3600);
-
-/// The outcome of a daemon run, once it has ended.
-type Outcome = Option<microcluster::Result<()>>;
 
 /// A daemon started by `start`.
 #[derive(Clone)]
 struct Daemon {
-    outcome: watch::Receiver<Outcome>,
+    spawned: Spawned,
     closed: Arc<AtomicBool>,
-}
-
-/// Whether the daemon run behind `outcome` has ended.
-fn ended(outcome: &watch::Receiver<Outcome>) -> bool {
-    outcome.borrow().is_some() || outcome.has_changed().is_err()
-}
-
-/// Waits until the daemon run behind `outcome` has ended and returns its result.
-async fn finished(mut outcome: watch::Receiver<Outcome>) -> microcluster::Result<()> {
-    match outcome.wait_for(Option::is_some).await {
-        Ok(result) => result.clone().unwrap_or(Ok(())),
-        Err(_) => Err(Error::internal("The daemon task ended without a result")),
-    }
 }
 
 /// Milliseconds from JavaScript as a duration.
@@ -122,7 +102,10 @@ impl JsApp {
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn start<'env>(&self, env: &'env Env, options: StartOptions) -> napi::Result<Object<'env>> {
         let mut slot = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|daemon| !ended(&daemon.outcome)) {
+        if slot
+            .as_ref()
+            .is_some_and(|daemon| !daemon.spawned.has_ended())
+        {
             let err = Error::new(
                 ErrorKind::Conflict,
                 "The daemon of this app is already running",
@@ -142,12 +125,8 @@ impl JsApp {
             }),
             ..DaemonArgs::default()
         };
-        let (report, outcome) = watch::channel(None);
-        let app = self.app.clone();
-        runtime::handle().spawn(async move {
-            let _ = report.send(Some(app.start(args).await));
-        });
-        *slot = Some(Daemon { outcome, closed });
+        let spawned = self.app.spawn(args);
+        *slot = Some(Daemon { spawned, closed });
         promise(env, async { Ok(()) })
     }
 
@@ -158,12 +137,8 @@ impl JsApp {
         let Some(daemon) = self.daemon() else {
             return promise(env, async { Ok(()) });
         };
-        self.call(env, move |app| async move {
-            let outcome = daemon.outcome.clone();
-            while !ended(&outcome) && app.stop().await.is_err() {
-                tokio::time::sleep(STOP_RETRY_EVERY).await;
-            }
-            let _ = finished(outcome).await;
+        self.call(env, move |_| async move {
+            daemon.spawned.stop().await?;
             daemon.closed.store(true, Ordering::SeqCst);
             Ok(())
         })
@@ -173,10 +148,10 @@ impl JsApp {
     /// rejects with the error it failed with.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn wait<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
-        let outcome = self.daemon().map(|daemon| daemon.outcome);
+        let spawned = self.daemon().map(|daemon| daemon.spawned);
         promise(env, async move {
-            match outcome {
-                Some(outcome) => finished(outcome).await,
+            match spawned {
+                Some(spawned) => spawned.finished().await,
                 None => Err(Error::invalid("The app was not started (app.start)")),
             }
         })
@@ -194,17 +169,11 @@ impl JsApp {
             .map(millis)
             .transpose()
             .map_err(|err| to_js(env, &err))?;
-        let outcome = self.daemon().map(|daemon| daemon.outcome);
+        let spawned = self.daemon().map(|daemon| daemon.spawned);
         self.call(env, move |app| async move {
-            let Some(outcome) = outcome else {
-                return app.ready(timeout).await;
-            };
-            tokio::select! {
-                ready = app.ready(timeout) => ready,
-                ended = finished(outcome) => Err(Error::unavailable(match ended {
-                    Ok(()) => "The daemon has stopped".to_string(),
-                    Err(err) => format!("The daemon has stopped: {}", err.message()),
-                })),
+            match spawned {
+                Some(spawned) => spawned.ready(timeout).await,
+                None => app.ready(timeout).await,
             }
         })
     }

@@ -6,44 +6,24 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use microcluster::{App, Args, DaemonArgs, Error, ErrorKind, HookSet, runtime};
+use microcluster::{App, Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, Spawned};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt};
-use tokio::sync::watch;
 
 use crate::block::block;
 use crate::error::to_py;
-use crate::hooks::{Gate, PyHooks};
+use crate::hooks::PyHooks;
 use crate::json;
 use crate::tx::TxFunction;
-
-/// The pause between attempts to stop a daemon that is still starting.
-const STOP_RETRY_EVERY: Duration = Duration::from_millis(50);
 
 /// The default validity of a join token.
 const DEFAULT_TOKEN_VALIDITY: Duration = Duration::from_secs(3 * 3600);
 
-/// The outcome of a daemon run, once it has ended.
-type Outcome = Option<microcluster::Result<()>>;
-
 /// A daemon started by `App.start`.
 #[derive(Clone)]
 struct Daemon {
-    outcome: watch::Receiver<Outcome>,
-    gate: Arc<Gate>,
-}
-
-/// Whether the daemon run behind `outcome` has ended.
-fn ended(outcome: &watch::Receiver<Outcome>) -> bool {
-    outcome.borrow().is_some() || outcome.has_changed().is_err()
-}
-
-/// Waits until the daemon run behind `outcome` has ended and returns its result.
-async fn finished(mut outcome: watch::Receiver<Outcome>) -> microcluster::Result<()> {
-    match outcome.wait_for(Option::is_some).await {
-        Ok(result) => result.clone().unwrap_or(Ok(())),
-        Err(_) => Err(Error::internal("The daemon task ended without a result")),
-    }
+    spawned: Spawned,
+    gate: Arc<HookGate>,
 }
 
 /// A duration given as `datetime.timedelta` or as float seconds.
@@ -122,7 +102,10 @@ impl PyApp {
             .transpose()?
             .unwrap_or_default();
         let mut slot = this.daemon.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|daemon| !ended(&daemon.outcome)) {
+        if slot
+            .as_ref()
+            .is_some_and(|daemon| !daemon.spawned.has_ended())
+        {
             let err = Error::new(
                 ErrorKind::Conflict,
                 "The daemon of this app is already running",
@@ -131,23 +114,19 @@ impl PyApp {
         }
         py.import("microcluster._lifecycle")?
             .call_method1("track", (slf,))?;
-        let gate = Arc::new(Gate::default());
+        let gate = Arc::new(HookGate::default());
         let args = DaemonArgs {
             version,
             heartbeat_interval,
             api_extensions,
             schema_updates,
             hooks: hooks.map_or_else(HookSet::default, |hooks| {
-                HookSet::blocking(PyHooks::new(hooks, gate.clone()))
+                HookSet::blocking(PyHooks::new(hooks), gate.clone())
             }),
             ..DaemonArgs::default()
         };
-        let (report, outcome) = watch::channel(None);
-        let app = this.app.clone();
-        runtime::handle().spawn(async move {
-            let _ = report.send(Some(app.start(args).await));
-        });
-        *slot = Some(Daemon { outcome, gate });
+        let spawned = this.app.spawn(args);
+        *slot = Some(Daemon { spawned, gate });
         Ok(())
     }
 
@@ -157,14 +136,8 @@ impl PyApp {
         let Some(daemon) = self.daemon() else {
             return Ok(());
         };
-        let outcome = daemon.outcome.clone();
-        self.call(py, move |app| async move {
-            while !ended(&outcome) && app.stop().await.is_err() {
-                tokio::time::sleep(STOP_RETRY_EVERY).await;
-            }
-            let _ = finished(outcome).await;
-            Ok(())
-        })?;
+        let spawned = daemon.spawned.clone();
+        self.call(py, move |_| async move { spawned.stop().await })?;
         py.detach(|| daemon.gate.close());
         Ok(())
     }
@@ -175,7 +148,8 @@ impl PyApp {
         let daemon = self
             .daemon()
             .ok_or_else(|| to_py(py, Error::invalid("The app was not started (App.start)")))?;
-        let result = block(py, finished(daemon.outcome.clone()));
+        let spawned = daemon.spawned.clone();
+        let result = block(py, async move { spawned.finished().await });
         if !matches!(&result, Err(err) if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py))
         {
             py.detach(|| daemon.gate.close());
@@ -189,17 +163,11 @@ impl PyApp {
     #[pyo3(signature = (timeout = None))]
     fn ready(&self, py: Python<'_>, timeout: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let timeout = timeout.map(|timeout| duration(&timeout)).transpose()?;
-        let outcome = self.daemon().map(|daemon| daemon.outcome);
+        let spawned = self.daemon().map(|daemon| daemon.spawned);
         self.call(py, move |app| async move {
-            let Some(outcome) = outcome else {
-                return app.ready(timeout).await;
-            };
-            tokio::select! {
-                ready = app.ready(timeout) => ready,
-                ended = finished(outcome) => Err(Error::unavailable(match ended {
-                    Ok(()) => "The daemon has stopped".to_string(),
-                    Err(err) => format!("The daemon has stopped: {}", err.message()),
-                })),
+            match spawned {
+                Some(spawned) => spawned.ready(timeout).await,
+                None => app.ready(timeout).await,
             }
         })
     }

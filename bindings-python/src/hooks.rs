@@ -1,8 +1,6 @@
 //! Lifecycle hooks as Python callables, through core's `BlockingHooks`, and the `State` they
 //! get.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
-
 use microcluster::db::tx::DEFAULT_TIMEOUT;
 use microcluster::{BlockingHooks, Error, HookEvent, ReadMode, State};
 use pyo3::prelude::*;
@@ -56,39 +54,15 @@ impl PyState {
     }
 }
 
-/// Lets hooks run until it is closed; closing waits for the hooks that are running, so that
-/// none runs after `stop` or `wait` returned.
-#[derive(Default)]
-pub(crate) struct Gate(RwLock<bool>);
-
-impl Gate {
-    /// Closes the gate, waiting for running hooks.
-    pub(crate) fn close(&self) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = true;
-    }
-
-    /// Holds the gate open while a hook runs; `Unavailable` once closed.
-    fn enter(&self, hook: &str) -> microcluster::Result<RwLockReadGuard<'_, bool>> {
-        let open = self.0.read().unwrap_or_else(|p| p.into_inner());
-        match *open {
-            true => Err(Error::unavailable(format!(
-                "{hook} hook not run: the app was stopped"
-            ))),
-            false => Ok(open),
-        }
-    }
-}
-
 /// The Python hooks object (a `microcluster.Hooks` or anything with the same attributes).
 pub(crate) struct PyHooks {
     hooks: Py<PyAny>,
-    gate: Arc<Gate>,
 }
 
 impl PyHooks {
-    /// Wraps `hooks`; they run until `gate` is closed.
-    pub(crate) fn new(hooks: Py<PyAny>, gate: Arc<Gate>) -> PyHooks {
-        PyHooks { hooks, gate }
+    /// Wraps `hooks`.
+    pub(crate) fn new(hooks: Py<PyAny>) -> PyHooks {
+        PyHooks { hooks }
     }
 
     /// Calls the hook for `event`, if set, with the state and the event's arguments as keyword
@@ -123,7 +97,6 @@ impl PyHooks {
 
 impl BlockingHooks for PyHooks {
     fn call(&self, state: &State, event: HookEvent) -> microcluster::Result<()> {
-        let _open = self.gate.enter(event.name())?;
         Python::try_attach(|py| {
             self.run(py, state, &event)
                 .map_err(|err| hook_failure(py, event.name(), err))

@@ -354,15 +354,44 @@ fn wait<T: Send + 'static>(future: impl Future<Output = Result<T>> + Send + 'sta
     }
 }
 
+/// Lets [`BlockingHooks`] run until it is closed; closing waits for the hooks that are
+/// running. An embedder closes it when its stop or wait returns, so that no hook runs
+/// afterwards and the callbacks' data may be freed.
+#[derive(Debug, Default)]
+pub struct HookGate(std::sync::RwLock<bool>);
+
+impl HookGate {
+    /// Closes the gate, waiting for running hooks to return.
+    pub fn close(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// Holds the gate open while the hook `name` runs; `Unavailable` once closed.
+    fn enter(&self, name: &str) -> Result<std::sync::RwLockReadGuard<'_, bool>> {
+        let closed = self.0.read().unwrap_or_else(|p| p.into_inner());
+        match *closed {
+            true => Err(Error::unavailable(format!(
+                "{name} hook not run: the app was stopped"
+            ))),
+            false => Ok(closed),
+        }
+    }
+}
+
 /// The adapter from [`BlockingHooks`] to [`Hooks`].
-struct Blocking<H>(Arc<H>);
+struct Blocking<H> {
+    hooks: Arc<H>,
+    gate: Arc<HookGate>,
+}
 
 impl<H: BlockingHooks> Blocking<H> {
     fn run(&self, state: State, event: HookEvent) -> HookFuture {
-        let hooks = self.0.clone();
+        let hooks = self.hooks.clone();
+        let gate = self.gate.clone();
         let name = event.name();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
+                let _open = gate.enter(name)?;
                 IN_BLOCKING_HOOK.with(|flag| flag.set(true));
                 let result = hooks.call(&state, event);
                 IN_BLOCKING_HOOK.with(|flag| flag.set(false));
@@ -426,9 +455,13 @@ impl<H: BlockingHooks> Hooks for Blocking<H> {
 }
 
 impl HookSet {
-    /// Hooks given as one blocking dispatch function (see [`BlockingHooks`]).
-    pub fn blocking(hooks: impl BlockingHooks) -> HookSet {
-        HookSet(Arc::new(Blocking(Arc::new(hooks))))
+    /// Hooks given as one blocking dispatch function (see [`BlockingHooks`]), run until
+    /// `gate` is closed.
+    pub fn blocking(hooks: impl BlockingHooks, gate: Arc<HookGate>) -> HookSet {
+        HookSet(Arc::new(Blocking {
+            hooks: Arc::new(hooks),
+            gate,
+        }))
     }
 }
 

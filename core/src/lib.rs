@@ -20,6 +20,7 @@ pub mod member_config;
 pub mod membership;
 mod rest;
 pub mod runtime;
+mod spawned;
 pub mod state_dir;
 pub mod token;
 pub mod trust;
@@ -32,6 +33,7 @@ pub use daemon::DatabaseState;
 pub use db::{ReadMode, Rows, Tx, Value};
 pub use error::{Error, ErrorKind, Result};
 pub use hooks::{
-    BlockingHooks, HookEvent, HookFuture, HookSet, Hooks, InitConfig, RoleChange, State,
+    BlockingHooks, HookEvent, HookFuture, HookGate, HookSet, Hooks, InitConfig, RoleChange, State,
 };
+pub use spawned::Spawned;
 pub use types::{ClusterMember, Server, TokenRecord};

@@ -60,35 +60,39 @@ pub fn member_address(address: &str) -> Result<SocketAddr, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The invalid names of SPEC §6.1 (and a few more), each with the first rule it breaks;
+    /// shared with the tests of every message that wraps [`fqdn`].
+    pub(crate) const INVALID_NAMES: &[(&str, &str)] = &[
+        ("", "Name must be 1-255 characters long"),
+        (
+            "invalid_name",
+            "Name can only contain alphanumeric and hyphen characters",
+        ),
+        (
+            "invalid_",
+            "Name can only contain alphanumeric and hyphen characters",
+        ),
+        (
+            "_invalid",
+            "Name can only contain alphanumeric and hyphen characters",
+        ),
+        ("invalid.", "Name must be 1-63 characters long"),
+        (".invalid", "Name must be 1-63 characters long"),
+        (
+            "c/1",
+            "Name can only contain alphanumeric and hyphen characters",
+        ),
+        ("-c1", "Name must not start with \"-\" character"),
+        ("c1-", "Name must not end with \"-\" character"),
+        ("123", "Name cannot be a number"),
+    ];
 
     #[test]
     fn spec_invalid_names_are_rejected_with_the_first_broken_rule() {
-        let cases = [
-            ("", "Name must be 1-255 characters long"),
-            (
-                "invalid_name",
-                "Name can only contain alphanumeric and hyphen characters",
-            ),
-            (
-                "invalid_",
-                "Name can only contain alphanumeric and hyphen characters",
-            ),
-            (
-                "_invalid",
-                "Name can only contain alphanumeric and hyphen characters",
-            ),
-            ("invalid.", "Name must be 1-63 characters long"),
-            (".invalid", "Name must be 1-63 characters long"),
-            (
-                "c/1",
-                "Name can only contain alphanumeric and hyphen characters",
-            ),
-            ("-c1", "Name must not start with \"-\" character"),
-            ("c1-", "Name must not end with \"-\" character"),
-            ("123", "Name cannot be a number"),
-        ];
+        let cases = INVALID_NAMES.iter().copied();
         for (name, want) in cases {
             assert_eq!(fqdn(name), Err(want), "name {name:?}");
         }

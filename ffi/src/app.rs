@@ -5,25 +5,16 @@ use std::collections::BTreeMap;
 use std::ffi::c_char;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use microcluster_core::{App, Args, DaemonArgs, Error, ErrorKind, HookSet, runtime};
+use microcluster_core::{
+    App, Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, Spawned, runtime,
+};
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use crate::boundary::{self, Out, arg, json_arg, parse_json, str_arg};
 use crate::error::{Failure, mc_error, mc_result};
-use crate::hooks::{CHooks, Gate, mc_hooks};
-
-/// How long `mc_app_stop` keeps asking a daemon that is still starting (its control socket not
-/// yet answering) to stop.
-const STOP_RETRY_FOR: Duration = Duration::from_secs(30);
-
-/// The pause between those attempts (cut short when the daemon ends).
-const STOP_RETRY_EVERY: Duration = Duration::from_millis(50);
-
-/// The outcome of a daemon run, once it has ended.
-type Outcome = Option<Result<(), Error>>;
+use crate::hooks::{CHooks, mc_hooks};
 
 /// One cluster member: a state directory and, between `mc_app_start` and its end, a daemon
 /// running in this process. Create with `mc_app_new`, free with `mc_app_free`.
@@ -35,10 +26,10 @@ pub struct mc_app {
 /// A daemon started by `mc_app_start`.
 #[derive(Clone)]
 struct Daemon {
-    /// Receives the daemon's result when it ends.
-    outcome: watch::Receiver<Outcome>,
+    /// The daemon on core's runtime.
+    spawned: Spawned,
     /// Closed once a stop or wait has returned: no hook of this start runs after it.
-    gate: Arc<Gate>,
+    gate: Arc<HookGate>,
 }
 
 /// `args_json` of `mc_app_start`.
@@ -77,53 +68,18 @@ impl mc_app {
     /// until ours has ended and its hooks have returned.
     fn stop(&self) -> Result<(), Failure> {
         let daemon = self.daemon();
-        let outcome = daemon.as_ref().map(|daemon| daemon.outcome.clone());
-        self.block(move |app| stop(app, outcome))?;
+        let spawned = daemon.as_ref().map(|daemon| daemon.spawned.clone());
+        self.block(move |app| async move {
+            match spawned {
+                Some(spawned) => spawned.stop().await,
+                None => app.stop().await,
+            }
+        })?;
         if let Some(daemon) = daemon {
             daemon.gate.close();
         }
         Ok(())
     }
-}
-
-/// Whether the daemon run behind `outcome` has ended.
-fn ended(outcome: &watch::Receiver<Outcome>) -> bool {
-    outcome.borrow().is_some() || outcome.has_changed().is_err()
-}
-
-/// Waits until the daemon run behind `outcome` has ended and returns its result.
-async fn finished(mut outcome: watch::Receiver<Outcome>) -> microcluster_core::Result<()> {
-    match outcome.wait_for(Option::is_some).await {
-        Ok(result) => result.clone().unwrap_or(Ok(())),
-        Err(_) => Err(Error::internal("The daemon task ended without a result")),
-    }
-}
-
-/// `App::stop`, retried while our daemon is still starting, then waits for our daemon to end.
-async fn stop(
-    app: Arc<App>,
-    outcome: Option<watch::Receiver<Outcome>>,
-) -> microcluster_core::Result<()> {
-    let Some(mut outcome) = outcome else {
-        return app.stop().await;
-    };
-    let deadline = Instant::now() + STOP_RETRY_FOR;
-    loop {
-        match app.stop().await {
-            Ok(()) => break,
-            Err(_) if ended(&outcome) => break,
-            Err(err) if Instant::now() >= deadline => return Err(err),
-            Err(_) => {
-                tokio::select! {
-                    _ = outcome.changed() => {}
-                    _ = tokio::time::sleep(STOP_RETRY_EVERY) => {}
-                }
-            }
-        }
-    }
-    // The daemon's own result is reported by `mc_app_wait`.
-    let _ = finished(outcome).await;
-    Ok(())
 }
 
 /// Makes writes to closed connections fail with `EPIPE` instead of killing the process: sets
@@ -203,15 +159,15 @@ pub unsafe extern "C" fn mc_app_free(app: *mut mc_app) {
         let Some(daemon) = app.daemon() else {
             return;
         };
-        if ended(&daemon.outcome) {
+        if daemon.spawned.has_ended() {
             daemon.gate.close();
             return;
         }
         if let Err(failure) = app.stop()
             && failure.code() == mc_result::MC_ERR_WOULD_BLOCK
         {
-            let outcome = daemon.outcome.clone();
-            runtime::handle().spawn(stop(app.app.clone(), Some(outcome)));
+            let spawned = daemon.spawned.clone();
+            runtime::handle().spawn(async move { spawned.stop().await });
         }
     })
 }
@@ -245,31 +201,29 @@ pub unsafe extern "C" fn mc_app_start(
         // SAFETY: NULL or valid for a read, per the contract.
         let hooks = unsafe { hooks.as_ref() }.copied();
         let mut slot = app.daemon.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|daemon| !ended(&daemon.outcome)) {
+        if slot
+            .as_ref()
+            .is_some_and(|daemon| !daemon.spawned.has_ended())
+        {
             return Err(Error::new(
                 ErrorKind::Conflict,
                 "The daemon of this app is already running",
             )
             .into());
         }
-        let gate = Arc::new(Gate::default());
+        let gate = Arc::new(HookGate::default());
         let daemon_args = DaemonArgs {
             version: args.version,
             heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
             api_extensions: args.api_extensions,
             schema_updates: args.schema_updates,
             hooks: hooks.map_or_else(HookSet::default, |hooks| {
-                HookSet::blocking(CHooks::new(hooks, gate.clone()))
+                HookSet::blocking(CHooks::new(hooks), gate.clone())
             }),
             ..DaemonArgs::default()
         };
-        let (report, outcome) = watch::channel(None);
-        let running = app.app.clone();
-        runtime::handle().spawn(async move {
-            let result = running.start(daemon_args).await;
-            let _ = report.send(Some(result));
-        });
-        *slot = Some(Daemon { outcome, gate });
+        let spawned = app.app.spawn(daemon_args);
+        *slot = Some(Daemon { spawned, gate });
         Ok(())
     };
     // SAFETY: `err` is NULL or valid for a write, per the contract.
@@ -309,7 +263,8 @@ pub unsafe extern "C" fn mc_app_wait(app: *mut mc_app, err: *mut *mut mc_error) 
         let daemon = app
             .daemon()
             .ok_or_else(|| boundary::invalid("The app was not started (mc_app_start)"))?;
-        let result = app.block(|_| finished(daemon.outcome.clone()));
+        let spawned = daemon.spawned.clone();
+        let result = app.block(|_| async move { spawned.finished().await });
         if !matches!(&result, Err(failure) if failure.code() == mc_result::MC_ERR_WOULD_BLOCK) {
             daemon.gate.close();
         }
@@ -336,17 +291,11 @@ pub unsafe extern "C" fn mc_app_ready(
     let body = || {
         let app = unsafe { arg(app, "app") }?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-        let outcome = app.daemon().map(|daemon| daemon.outcome);
+        let spawned = app.daemon().map(|daemon| daemon.spawned);
         app.block(move |app| async move {
-            let Some(outcome) = outcome else {
-                return app.ready(timeout).await;
-            };
-            tokio::select! {
-                ready = app.ready(timeout) => ready,
-                ended = finished(outcome) => Err(Error::unavailable(match ended {
-                    Ok(()) => "The daemon has stopped".to_string(),
-                    Err(err) => format!("The daemon has stopped: {}", err.message()),
-                })),
+            match spawned {
+                Some(spawned) => spawned.ready(timeout).await,
+                None => app.ready(timeout).await,
             }
         })
     };

@@ -2,9 +2,8 @@
 //! that implements core's `Hooks` trait by calling them on blocking threads.
 
 use std::ffi::{CString, c_char, c_int, c_void};
-use std::sync::{Arc, RwLock};
 
-use microcluster_core::{BlockingHooks, Error, HookEvent, Result, State};
+use microcluster_core::{BlockingHooks, HookEvent, Result, State};
 
 use crate::boundary::{self, string_lossy};
 use crate::error::{callback_result, mc_error};
@@ -108,22 +107,9 @@ pub unsafe extern "C" fn mc_state_address(state: *const mc_state) -> *const c_ch
     })
 }
 
-/// Lets hooks run until it is closed, and closing waits for running hooks to return, so that
-/// C may free its userdata once a stop has returned.
-#[derive(Default)]
-pub(crate) struct Gate(RwLock<bool>);
-
-impl Gate {
-    /// Closes the gate, waiting for the hooks that are running.
-    pub(crate) fn close(&self) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = true;
-    }
-}
-
 /// The C hooks behind core's `Hooks` trait.
 pub(crate) struct CHooks {
     hooks: mc_hooks,
-    gate: Arc<Gate>,
 }
 
 // SAFETY: `mc_hooks` holds function pointers and the userdata that C promises (see its doc) may
@@ -133,12 +119,11 @@ unsafe impl Send for CHooks {}
 unsafe impl Sync for CHooks {}
 
 impl CHooks {
-    /// Wraps the C hooks; they run until `gate` is closed.
-    pub(crate) fn new(hooks: mc_hooks, gate: Arc<Gate>) -> CHooks {
-        CHooks { hooks, gate }
+    /// Wraps the C hooks.
+    pub(crate) fn new(hooks: mc_hooks) -> CHooks {
+        CHooks { hooks }
     }
 
-    /// Calls `hook` (named `what`) with `args` on a blocking thread.
     /// The callback for `event`, if C gave one (the reset event has none).
     fn callback(&self, event: &HookEvent) -> mc_hook_fn {
         let hooks = &self.hooks;
@@ -158,20 +143,14 @@ impl CHooks {
     }
 }
 
-/// Core runs each event on a blocking thread (`HookSet::blocking`); this calls the C
-/// function, unless the app was stopped.
+/// Core runs each event on a blocking thread (`HookSet::blocking`), until the app's gate is
+/// closed; this calls the C function.
 impl BlockingHooks for CHooks {
     fn call(&self, state: &State, event: HookEvent) -> Result<()> {
         let Some(hook) = self.callback(&event) else {
             return Ok(());
         };
         let what = event.name();
-        let closed = self.gate.0.read().unwrap_or_else(|p| p.into_inner());
-        if *closed {
-            return Err(Error::unavailable(format!(
-                "{what} hook not run: the app was stopped"
-            )));
-        }
         let c_state = mc_state {
             name: string_lossy(&state.name()),
             address: string_lossy(&state.address()),

@@ -279,6 +279,20 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// `cluster list -f json` on member `i`, as (name, role, status) rows.
+    pub fn members_status(&self, i: usize) -> Vec<(String, String, String)> {
+        let json = self.ctl_ok(i, &["cluster", "list", "-f", "json"]);
+        let rows: serde_json::Value = serde_json::from_str(&json).expect("JSON from cluster list");
+        rows.as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|m| {
+                let field = |key: &str| m[key].as_str().unwrap_or_default().to_string();
+                (field("name"), field("role"), field("status"))
+            })
+            .collect()
+    }
+
     /// The SQL dump of member `i`.
     pub fn dump(&self, i: usize) -> String {
         self.ctl_ok(i, &["sql", ".dump"])

@@ -309,24 +309,10 @@ fn pid(cluster: &Cluster, i: usize) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(cluster.members[i].as_ref().expect("running").pid() as i32)
 }
 
-fn roles(cluster: &Cluster, i: usize) -> Vec<(String, String, String)> {
-    let members = cluster.ctl_ok(i, &["cluster", "list", "-f", "json"]);
-    let members: serde_json::Value = serde_json::from_str(&members).unwrap();
-    members
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let field = |key: &str| m[key].as_str().unwrap_or_default().to_string();
-            (field("name"), field("role"), field("status"))
-        })
-        .collect()
-}
-
 #[test]
 fn five_members_have_three_voters_and_a_lost_voter_is_replaced() {
     let mut cluster = Cluster::start(5, HEARTBEAT_1S);
-    let listed = roles(&cluster, 0);
+    let listed = cluster.members_status(0);
     let count = |role: &str, listed: &[(String, String, String)]| {
         listed.iter().filter(|(_, r, _)| r == role).count()
     };
@@ -342,7 +328,7 @@ fn five_members_have_three_voters_and_a_lost_voter_is_replaced() {
     cluster.kill(victim);
     let observer = (0..5).find(|&i| i != victim && i != leader).unwrap();
     wait_until("a stand-by replaces the lost voter", || {
-        let listed = roles(&cluster, observer);
+        let listed = cluster.members_status(observer);
         let online_voters = listed
             .iter()
             .filter(|(_, role, status)| role == "voter" && status == "ONLINE")
@@ -360,7 +346,7 @@ fn a_paused_member_is_listed_unreachable_without_stalling_the_list() {
     let asker = (0..3).find(|&i| i != leader && i != paused).unwrap();
     nix::sys::signal::kill(pid(&cluster, paused), nix::sys::signal::Signal::SIGSTOP).unwrap();
     let started = std::time::Instant::now();
-    let listed = roles(&cluster, asker);
+    let listed = cluster.members_status(asker);
     let took = started.elapsed();
     nix::sys::signal::kill(pid(&cluster, paused), nix::sys::signal::Signal::SIGCONT).unwrap();
     assert_eq!(listed[paused].2, "UNREACHABLE", "{listed:?}");

@@ -43,20 +43,6 @@ impl Loose {
     }
 }
 
-/// `members cN` as (name, role, status) rows.
-fn members(cluster: &Cluster, i: usize) -> Vec<(String, String, String)> {
-    let json = cluster.ctl_ok(i, &["cluster", "list", "-f", "json"]);
-    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let field = |key: &str| m[key].as_str().unwrap_or_default().to_string();
-            (field("name"), field("role"), field("status"))
-        })
-        .collect()
-}
-
 /// `cluster list --local -f json` of member `i`: the Raft view of its own state directory.
 fn local_view(cluster: &Cluster, i: usize) -> Vec<serde_json::Value> {
     let json = cluster.ctl_ok(i, &["cluster", "list", "--local", "-f", "json"]);
@@ -85,7 +71,7 @@ fn misc() {
         "Unix socket at {:?} is already running",
         cluster.state_dirs[0].join("control.socket")
     )));
-    let rows = members(&cluster, 0);
+    let rows = cluster.members_status(0);
     assert_eq!(rows, vec![("c1".into(), "voter".into(), "ONLINE".into())]);
     let json = cluster.ctl_ok(0, &["cluster", "list", "-f", "json"]);
     let row: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -194,7 +180,7 @@ fn tokens() {
     assert!(!ok);
     assert_eq!(err, "Error: Token expired");
     assert!(c4.is_uninitialised());
-    assert_eq!(members(&cluster, 0).len(), 3);
+    assert_eq!(cluster.members_status(0).len(), 3);
 
     let other = cluster.ctl_ok(0, &["tokens", "add", "c5"]);
     let (ok, err) = c4.init("c4", &other);
@@ -228,7 +214,7 @@ fn join_token_after_cluster_formed() {
     assert_eq!(local_view(&cluster, 0).len(), 3);
     let (ok, err) = c4.init("c4", &token);
     assert!(ok, "{err}\n{}", c4.member.log_text());
-    let rows = members(&cluster, 1);
+    let rows = cluster.members_status(1);
     let c4_row = rows.iter().find(|(name, _, _)| name == "c4").unwrap();
     assert_eq!((c4_row.1.as_str(), c4_row.2.as_str()), ("voter", "ONLINE"));
     let online: Vec<_> = rows.iter().filter(|(_, _, s)| s == "ONLINE").collect();
@@ -239,7 +225,8 @@ fn join_token_after_cluster_formed() {
     );
     assert_eq!(local_view(&cluster, 1).len(), 4);
     wait_until("c1 is demoted to spare", || {
-        members(&cluster, 1)
+        cluster
+            .members_status(1)
             .iter()
             .any(|(name, role, _)| name == "c1" && role == "spare")
     });
@@ -309,7 +296,8 @@ fn membership_consistency() {
     );
     assert_eq!(deleted.trim(), "Rows affected: 1");
     wait_until("c2's row is restored", || {
-        members(&cluster, 0)
+        cluster
+            .members_status(0)
             .iter()
             .any(|(name, role, _)| name == "c2" && role == "voter")
     });
@@ -320,7 +308,7 @@ fn membership_consistency() {
     );
     let (ok, err) = c4.init("c4", &token);
     assert!(ok, "{err}");
-    let rows = members(&cluster, 0);
+    let rows = cluster.members_status(0);
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(rows[3].1, "stand-by", "{rows:?}");
     cluster.ctl_ok(0, &["tokens", "add", "c5"]);
@@ -341,7 +329,7 @@ fn membership_consistency() {
             &c2_address,
         ],
     );
-    let rows = members(&cluster, 0);
+    let rows = cluster.members_status(0);
     assert!(!rows.iter().any(|(name, _, _)| name == "c2"), "{rows:?}");
     for i in [0, 2] {
         assert!(!cluster.state_dirs[i].join("truststore/c2.yaml").exists());
@@ -351,7 +339,8 @@ fn membership_consistency() {
         texts(&out).1.trim() == "Error: Database is not yet initialized"
     });
     wait_until("c4 is promoted to voter", || {
-        members(&cluster, 0)
+        cluster
+            .members_status(0)
             .iter()
             .any(|(name, role, _)| name == "c4" && role == "voter")
     });
@@ -401,7 +390,7 @@ fn truststore_force_removal() {
             &c3_address,
         ],
     );
-    let rows = members(&cluster, 0);
+    let rows = cluster.members_status(0);
     assert!(!rows.iter().any(|(name, _, _)| name == "c3"), "{rows:?}");
     assert!(!local_view(&cluster, 0).iter().any(|m| m["name"] == "c3"));
     for i in [0, 1] {
@@ -433,7 +422,7 @@ fn parallel_joins() {
             assert!(ok, "{err}");
         }
     });
-    let rows = members(&cluster, 0);
+    let rows = cluster.members_status(0);
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert!(
         rows.iter().all(|(_, _, status)| status == "ONLINE"),
@@ -473,7 +462,7 @@ fn self_deletion() {
     let csv = cluster.ctl_ok(1, &["cluster", "list", "-f", "csv"]);
     assert_eq!(csv.lines().count(), 3, "{csv}");
     wait_until("c2, c3 and c4 are voters", || {
-        let rows = members(&cluster, 1);
+        let rows = cluster.members_status(1);
         rows.len() == 3 && rows.iter().all(|(_, role, _)| role == "voter")
     });
 }

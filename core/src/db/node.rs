@@ -143,11 +143,6 @@ impl Database {
         &self.raft
     }
 
-    /// The credentials used to reach other members.
-    pub fn credentials(&self) -> PeerCredentials {
-        self.network.credentials()
-    }
-
     /// Makes this node the single voter of a new Raft group (bootstrap).
     pub async fn initialize(&self, node: MemberNode) -> Result<()> {
         let members = BTreeMap::from([(self.id, node)]);
@@ -179,15 +174,6 @@ impl Database {
     /// Whether this member is the leader.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
-    }
-
-    /// The index of the last entry applied to the local state machine.
-    pub fn applied_index(&self) -> u64 {
-        self.raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |log_id| log_id.index)
     }
 
     /// Appends `command` to the log through the leader (forwarding to it from a follower) and
@@ -365,9 +351,31 @@ impl Database {
         RpcReply::encode(result)
     }
 
-    /// A connection to the local state machine for a transaction: pooled, and reopened after
-    /// a snapshot replaced the database file.
-    pub(crate) fn take_connection(&self) -> Result<(u64, Connection)> {
+    /// Runs `f` on a pooled connection to the local state machine database, on a blocking
+    /// thread and in the turn of the write gate (SQLite never runs on the async executor, and
+    /// writers of the database take turns). Connections are reopened after a snapshot
+    /// replaced the database file.
+    pub(crate) async fn on_connection<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> T + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut entry = db.take_connection()?;
+            let gate = db.state_machine.write_gate();
+            let done = {
+                let _turn = gate.enter();
+                f(&mut entry.1)
+            };
+            db.return_connection(entry);
+            Ok(done)
+        })
+        .await
+        .map_err(|err| Error::internal(format!("A database job panicked: {err}")))?
+    }
+
+    fn take_connection(&self) -> Result<(u64, Connection)> {
         let generation = self.state_machine.generation();
         let pooled = {
             let mut pool = self
@@ -385,13 +393,7 @@ impl Database {
         }
     }
 
-    /// The gate the writers of the local database pass.
-    pub(crate) fn write_gate(&self) -> state_machine::WriteGate {
-        self.state_machine.write_gate()
-    }
-
-    /// Returns a connection taken with [`Database::take_connection`].
-    pub(crate) fn return_connection(&self, entry: (u64, Connection)) {
+    fn return_connection(&self, entry: (u64, Connection)) {
         let mut pool = self
             .pool
             .lock()

@@ -146,11 +146,8 @@ fn dry_run(conn: &Connection, updates: &[Pending<'_>]) -> Result<()> {
 
 impl Database {
     /// The schema versions of the local state machine.
-    pub fn schema_versions(&self) -> Result<(u64, u64)> {
-        let entry = self.take_connection()?;
-        let found = versions(&entry.1);
-        self.return_connection(entry);
-        found
+    pub async fn schema_versions(self: &Arc<Self>) -> Result<(u64, u64)> {
+        self.on_connection(|conn| versions(conn)).await?
     }
 
     /// Applies the missing internal and external updates in one replicated entry; all or
@@ -162,19 +159,20 @@ impl Database {
     ) -> Result<(u64, u64)> {
         let read_index = self.read_index(deadline).await?;
         self.wait_applied(read_index, deadline).await?;
-        let entry = self.take_connection()?;
-        let prepared = versions(&entry.1).and_then(|current| {
-            let updates = pending(current, external)?;
-            if updates.is_empty() {
-                return Ok(None);
-            }
-            dry_run(&entry.1, &updates)?;
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            Ok(Some(script(&updates, now)))
-        });
-        self.return_connection(entry);
+        let updates_text = external.to_vec();
+        let prepared = self
+            .on_connection(move |conn| -> Result<Option<String>> {
+                let updates = pending(versions(conn)?, &updates_text)?;
+                if updates.is_empty() {
+                    return Ok(None);
+                }
+                dry_run(conn, &updates)?;
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                Ok(Some(script(&updates, now)))
+            })
+            .await??;
         let expected = (INTERNAL_VERSION, external.len() as u64);
-        let Some(sql) = prepared? else {
+        let Some(sql) = prepared else {
             return Ok(expected);
         };
         let (index, outcome) = self.propose(Command::Sql { sql }, deadline).await?;
@@ -185,7 +183,7 @@ impl Database {
             }
             // Another member applied them first: nothing left to do if the versions match.
             CommandResult::Failed { message } => {
-                let now = self.schema_versions()?;
+                let now = self.schema_versions().await?;
                 if now == expected {
                     Ok(expected)
                 } else {

@@ -279,22 +279,12 @@ impl Database {
                     format!("Transaction timed out after {timeout:?}"),
                 ));
             }
-            let db = self.clone();
-            let gate = self.write_gate();
-            let (returned_f, run) = tokio::task::spawn_blocking(move || {
-                let mut entry = match db.take_connection() {
-                    Ok(entry) => entry,
-                    Err(err) => return (f, Err(err)),
-                };
-                let run = {
-                    let _gate = gate.enter();
-                    run_once(&mut entry.1, &mut f, immediate)
-                };
-                db.return_connection(entry);
-                (f, run)
-            })
-            .await
-            .map_err(|err| Error::internal(format!("Transaction closure panicked: {err}")))?;
+            let (returned_f, run) = self
+                .on_connection(move |conn| {
+                    let run = run_once(conn, &mut f, immediate);
+                    (f, run)
+                })
+                .await?;
             f = returned_f;
             let run = run?;
             if lost_write_race(&run.result) && !immediate {
@@ -326,6 +316,10 @@ impl Database {
                                 ));
                             }
                             tracing::debug!("Transaction conflict, running it again: {reason}");
+                            // Run again on state that has the writes we lost to: on a follower,
+                            // the local database may not have applied them yet, and a rerun on
+                            // the same stale state would conflict again, every time.
+                            self.wait_applied(index, deadline).await?;
                             tokio::time::sleep(backoff(conflicts)).await;
                         }
                         CommandResult::Failed { message } => return Err(Error::invalid(message)),

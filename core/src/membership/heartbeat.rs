@@ -81,8 +81,12 @@ pub(crate) async fn round(
     db: &Arc<Database>,
     interval: Duration,
 ) -> Result<()> {
-    let _serialised = daemon.membership_lock.lock().await;
-    let before = reconcile(db).await?;
+    // Membership changes are serialised on the leader, but not for the whole round: the
+    // fan-out to members below may take two intervals and must not hold up a join.
+    let before = {
+        let _serialised = daemon.membership_lock.lock().await;
+        reconcile(db).await?
+    };
     let own = daemon.member_address().unwrap_or_default();
 
     // Step 2: tell every other member.
@@ -151,8 +155,11 @@ pub(crate) async fn round(
 
     // Step 4: rebalance, one change.
     let online = daemon.online_members(interval * 2);
-    rebalance(db, &online).await?;
-    let after = reconcile(db).await?;
+    let after = {
+        let _serialised = daemon.membership_lock.lock().await;
+        rebalance(db, &online).await?;
+        reconcile(db).await?
+    };
 
     // Step 5: OnHeartbeat.
     let old: HashMap<&str, &str> = before

@@ -7,7 +7,7 @@
 //! known to serialize with self-describing formats). Failures to reach a peer are reported as
 //! `Unreachable` so openraft backs off; other transport failures as `Network`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -89,23 +89,20 @@ impl PeerCredentials {
 /// Creates the connection to each peer for openraft. Cheap to clone.
 #[derive(Clone)]
 pub struct Network {
-    credentials: Arc<RwLock<PeerCredentials>>,
+    credentials: Arc<PeerCredentials>,
 }
 
 impl Network {
     /// A network using `credentials`.
     pub fn new(credentials: PeerCredentials) -> Network {
         Network {
-            credentials: Arc::new(RwLock::new(credentials)),
+            credentials: Arc::new(credentials),
         }
     }
 
-    /// The current credentials.
-    pub fn credentials(&self) -> PeerCredentials {
-        self.credentials
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    /// The credentials members are reached with.
+    pub fn credentials(&self) -> &PeerCredentials {
+        &self.credentials
     }
 }
 
