@@ -52,6 +52,8 @@ pub struct DaemonArgs {
     pub raft: crate::db::RaftSettings,
     /// The application's lifecycle hooks (SPEC §10); none by default.
     pub hooks: crate::hooks::HookSet,
+    /// The application's REST servers (SPEC §13); none by default.
+    pub extension_servers: Vec<crate::extensions::ExtensionServer>,
 }
 
 /// One cluster member: its state directory and, while [`App::start`] runs, its daemon.

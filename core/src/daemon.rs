@@ -14,8 +14,10 @@ use crate::certs;
 use crate::client::Client;
 use crate::db::raft::network::PeerCredentials;
 use crate::db::{self, Database, RaftSettings};
+use crate::extensions::{self, ExtensionServer};
 use crate::hooks::{HookSet, State};
 use crate::member_config::MemberConfig;
+use crate::rest::tls::CertificateSlot;
 use crate::rest::{endpoints, router::Router, server, tls};
 use crate::state_dir::StateDir;
 use crate::trust::Truststore;
@@ -85,6 +87,9 @@ const MEMBER_TASK_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// (SPEC §7.5).
 const DATABASE_START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long publishing a new failure domain may take.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long to wait before trying again to bring the database online.
 const DATABASE_RETRY: Duration = Duration::from_secs(1);
 
@@ -105,7 +110,17 @@ pub(crate) struct Daemon {
     last_seen: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     db: RwLock<Option<Arc<Database>>>,
     pub truststore: Truststore,
-    pub router: Router,
+    /// The application's extension servers (SPEC §13).
+    pub extension_servers: Vec<ExtensionServer>,
+    /// What the control socket and the core listener serve: the core endpoints and the
+    /// core-API extension servers.
+    pub router: Arc<Router>,
+    /// What each dedicated extension listener serves, by server name.
+    dedicated_routers: std::collections::BTreeMap<String, Arc<Router>>,
+    /// The cluster certificate as the listeners present it (replaced by a rotation).
+    cluster_certificate: Mutex<Option<Arc<CertificateSlot>>>,
+    /// The running dedicated extension listeners, by server name.
+    extension_listeners: Mutex<std::collections::BTreeMap<String, ExtensionListener>>,
     member: RwLock<Option<MemberConfig>>,
     database: RwLock<DatabaseState>,
     phase: watch::Sender<Phase>,
@@ -121,6 +136,14 @@ pub(crate) struct Daemon {
     /// Serialises Raft membership changes on this member while it leads.
     pub membership_lock: tokio::sync::Mutex<()>,
     finish: Mutex<Option<oneshot::Sender<oneshot::Receiver<()>>>>,
+}
+
+/// A running dedicated listener of an extension server.
+struct ExtensionListener {
+    address: String,
+    certificate: Arc<CertificateSlot>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 /// A daemon's handle for whoever started it: to stop it and to know when it has stopped.
@@ -297,6 +320,13 @@ impl Daemon {
                         daemon.set_database_state(DatabaseState::Online);
                         tracing::info!("Database is online");
                         online_tx.send_replace(true);
+                        // SPEC §13.6: a changed failure domain takes effect at the next start.
+                        if let Some(member) = daemon.member_config()
+                            && let Err(err) =
+                                daemon.publish_failure_domain(member.failure_domain).await
+                        {
+                            tracing::warn!("Failed to publish the failure domain: {err}");
+                        }
                         return;
                     }
                     Err(err) => tracing::warn!("Database is not online yet: {err}"),
@@ -310,7 +340,49 @@ impl Daemon {
         online
     }
 
-    fn member(&self) -> Option<MemberConfig> {
+    /// Puts `failure_domain` into this member's Raft metadata through the leader, unless it
+    /// is there already, and returns once this member's view has it (SPEC §13.6).
+    pub async fn publish_failure_domain(&self, failure_domain: u64) -> Result<()> {
+        let db = self.online_database()?;
+        let id = db.id();
+        let current = db
+            .members()
+            .into_iter()
+            .find(|(member, _, _)| *member == id);
+        let Some((_, mut node, _)) = current else {
+            return Err(Error::unavailable(
+                "This member is not in the Raft membership",
+            ));
+        };
+        if node.failure_domain == failure_domain {
+            return Ok(());
+        }
+        node.failure_domain = failure_domain;
+        let deadline = std::time::Instant::now() + PUBLISH_TIMEOUT;
+        {
+            let _serialised = self.membership_lock.lock().await;
+            db.set_own_node(node, deadline).await?;
+        }
+        let published = |db: &Database| {
+            db.members()
+                .iter()
+                .any(|(member, node, _)| *member == id && node.failure_domain == failure_domain)
+        };
+        while !published(&db) {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    crate::ErrorKind::Timeout,
+                    "Timed out waiting for the failure domain to reach the Raft membership",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!("Failure domain {failure_domain} published");
+        Ok(())
+    }
+
+    /// This member's configuration (`daemon.yaml`), once initialised.
+    pub fn member_config(&self) -> Option<MemberConfig> {
         self.member
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -319,12 +391,12 @@ impl Daemon {
 
     /// This member's address, once initialised.
     pub fn member_address(&self) -> Option<String> {
-        self.member().map(|member| member.address)
+        self.member_config().map(|member| member.address)
     }
 
     /// The `Server` document of `GET /core/1.0`.
     pub fn server_info(&self) -> Server {
-        let member = self.member();
+        let member = self.member_config();
         Server {
             name: member
                 .as_ref()
@@ -395,25 +467,186 @@ impl Daemon {
     }
 
     /// Starts the core HTTPS listener on the member address, presenting the cluster
-    /// certificate.
-    pub async fn start_core_listener(self: &Arc<Self>, address: &str) -> Result<()> {
+    /// certificate, and the dedicated listeners of the extension servers (SPEC §13.3) at the
+    /// addresses `daemon.yaml` gives them.
+    pub async fn start_core_listener(self: &Arc<Self>, member: &MemberConfig) -> Result<()> {
+        let address = &member.address;
         let cluster = certs::load_pair(
             &self.state_dir.cluster_cert(),
             &self.state_dir.cluster_key(),
         )?;
-        let tls = tls::server_config(&cluster)?;
+        let slot = CertificateSlot::new(&cluster)?;
+        *self
+            .cluster_certificate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(slot.clone());
+        let tls = tls::server_config(slot)?;
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|err| Error::internal(format!("Failed to listen on {address:?}: {err}")))?;
         tracing::info!("Core listener started on {address}");
         let task = tokio::spawn(server::serve_network(
             self.clone(),
+            self.router.clone(),
             listener,
             tls,
             self.member_token(),
         ));
         self.track_member(task);
+        self.apply_extension_listeners(member).await
+    }
+
+    /// The listener address of each extension server with a dedicated listener: the one
+    /// `member` (daemon.yaml) gives it, else the server's default.
+    pub fn extension_addresses(
+        &self,
+        member: &MemberConfig,
+    ) -> std::collections::BTreeMap<String, String> {
+        self.extension_servers
+            .iter()
+            .filter(|server| !server.core_api)
+            .map(|server| {
+                let address = member
+                    .servers
+                    .get(&server.name)
+                    .map(|config| config.address.clone())
+                    .unwrap_or_else(|| server.address.clone());
+                (server.name.clone(), address)
+            })
+            .filter(|(_, address)| !address.is_empty() && *address != member.address)
+            .collect()
+    }
+
+    /// Makes the running dedicated listeners match `member`: stops removed ones, restarts
+    /// moved ones, starts new ones; unchanged ones keep running.
+    pub async fn apply_extension_listeners(self: &Arc<Self>, member: &MemberConfig) -> Result<()> {
+        let wanted = self.extension_addresses(member);
+        let stale: Vec<ExtensionListener> = {
+            let mut running = self
+                .extension_listeners
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let names: Vec<String> = running
+                .iter()
+                .filter(|(name, listener)| wanted.get(*name) != Some(&listener.address))
+                .map(|(name, _)| name.clone())
+                .collect();
+            names
+                .iter()
+                .filter_map(|name| running.remove(name))
+                .collect()
+        };
+        for listener in stale {
+            stop_listener(listener).await;
+        }
+        for (name, address) in wanted {
+            let running = self
+                .extension_listeners
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .contains_key(&name);
+            if !running {
+                self.start_extension_listener(&name, &address).await?;
+            }
+        }
         Ok(())
+    }
+
+    async fn start_extension_listener(self: &Arc<Self>, name: &str, address: &str) -> Result<()> {
+        let (Some(server), Some(router)) = (
+            self.extension_servers.iter().find(|s| s.name == name),
+            self.dedicated_routers.get(name),
+        ) else {
+            return Err(Error::invalid(format!(
+                "No matching additional listener found for {name:?}"
+            )));
+        };
+        let certificate = self.extension_certificate(server)?;
+        let tls = tls::server_config(certificate.clone())?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|err| {
+                Error::internal(format!(
+                    "Failed to listen on {address:?} for server {name:?}: {err}"
+                ))
+            })?;
+        tracing::info!("Listener of extension server {name:?} started on {address}");
+        let stop = self.member_token();
+        let task = tokio::spawn(server::serve_network(
+            self.clone(),
+            router.clone(),
+            listener,
+            tls,
+            stop.clone(),
+        ));
+        self.extension_listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(
+                name.to_string(),
+                ExtensionListener {
+                    address: address.to_string(),
+                    certificate,
+                    stop,
+                    task,
+                },
+            );
+        Ok(())
+    }
+
+    /// The certificate a dedicated listener presents (SPEC §13.3): `certificates/<name>.crt`,
+    /// generated first when the server asks for a dedicated one; else the cluster
+    /// certificate, following its rotations.
+    fn extension_certificate(&self, server: &ExtensionServer) -> Result<Arc<CertificateSlot>> {
+        let (cert, key) = self.state_dir.extension_certificate(&server.name);
+        if server.dedicated_certificate && !(cert.exists() && key.exists()) {
+            certs::write_pair(&cert, &key, &certs::generate(&server.name)?)?;
+        }
+        if cert.exists() {
+            return CertificateSlot::new(&certs::load_pair(&cert, &key)?);
+        }
+        self.cluster_certificate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| Error::internal("The cluster certificate is not loaded"))
+    }
+
+    /// Presents `identity` on the listeners using the certificate `name` (`cluster`, or an
+    /// extension server's) from the next handshake on.
+    pub fn reload_certificate(&self, name: &str, identity: &certs::CertKeyPair) -> Result<()> {
+        if name == "cluster" {
+            if let Some(slot) = self
+                .cluster_certificate
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+            {
+                slot.replace(identity)?;
+            }
+            return Ok(());
+        }
+        let listeners = self
+            .extension_listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cluster = self
+            .cluster_certificate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        match listeners.get(name) {
+            // A listener that shared the cluster certificate gets its own slot at its next
+            // restart; replacing the shared slot would change the cluster certificate.
+            Some(listener)
+                if !cluster
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, &listener.certificate)) =>
+            {
+                listener.certificate.replace(identity)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The token that stops the member-scoped services.
@@ -456,6 +689,15 @@ impl Daemon {
                     task.abort();
                 }
             }
+        }
+        let listeners = std::mem::take(
+            &mut *self
+                .extension_listeners
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for listener in listeners.into_values() {
+            stop_listener(listener).await;
         }
         let database = self
             .db
@@ -564,6 +806,22 @@ impl Daemon {
     }
 }
 
+/// Stops a dedicated listener and waits until its address is free.
+async fn stop_listener(listener: ExtensionListener) {
+    listener.stop.cancel();
+    let mut task = listener.task;
+    if tokio::time::timeout(MEMBER_TASK_STOP_TIMEOUT, &mut task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "The listener on {} did not stop within {MEMBER_TASK_STOP_TIMEOUT:?}; aborting it",
+            listener.address
+        );
+        task.abort();
+    }
+}
+
 /// Starts a daemon in the order of SPEC §7.5, hands its handle to `on_started`, and runs it
 /// until it is shut down.
 pub(crate) async fn run(
@@ -578,6 +836,15 @@ pub(crate) async fn run(
         ));
     }
     let extensions = api_extensions::registry(&args.api_extensions)?;
+    let core_address = match state_dir.is_initialised() {
+        true => Some(MemberConfig::load(&state_dir.daemon_yaml())?.address),
+        false => None,
+    };
+    extensions::validate(
+        &args.extension_servers,
+        core_address.as_deref(),
+        &endpoints::all(),
+    )?;
     let socket_path = state_dir.control_socket();
     let control_listener = control_socket::bind(&socket_path, socket_group.as_deref()).await?;
     let result = serve(state_dir, args, extensions, control_listener, on_started).await;
@@ -629,7 +896,14 @@ async fn serve(
         last_seen: Mutex::new(std::collections::HashMap::new()),
         db: RwLock::new(None),
         truststore,
-        router: Router::new(endpoints::all()),
+        router: Arc::new(extensions::core_router(
+            endpoints::all(),
+            &args.extension_servers,
+        )),
+        dedicated_routers: extensions::dedicated_routers(&args.extension_servers),
+        extension_servers: args.extension_servers,
+        cluster_certificate: Mutex::new(None),
+        extension_listeners: Mutex::new(std::collections::BTreeMap::new()),
         member: RwLock::new(member.clone()),
         database: RwLock::new(database),
         phase: watch::Sender::new(Phase::Starting),
@@ -688,7 +962,7 @@ async fn start_services(daemon: &Arc<Daemon>, member: Option<&MemberConfig>) -> 
 
 async fn start_member_services(daemon: &Arc<Daemon>, member: Option<&MemberConfig>) -> Result<()> {
     if let Some(member) = member {
-        daemon.start_core_listener(&member.address).await?;
+        daemon.start_core_listener(member).await?;
         let database = daemon.open_database(false).await?;
         let mut online = daemon.spawn_database_start(database);
         let started =

@@ -12,8 +12,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::Method;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use crate::certs::{self, CertKeyPair};
+use crate::client::Client;
 use crate::daemon::Daemon;
 use crate::db::{ReadMode, Tx, tx};
 use crate::member_config::MemberConfig;
@@ -207,6 +211,95 @@ impl State {
         self.transaction(crate::membership::members::list).await
     }
 
+    /// Every member this member trusts (the truststore), itself included.
+    pub fn remotes(&self) -> Vec<crate::trust::Remote> {
+        self.daemon.truststore.list()
+    }
+
+    /// A client for every other member, from the truststore (which follows the Raft
+    /// membership), without contacting them. With `notify` the requests are cluster
+    /// notifications (SPEC §5.7).
+    pub fn cluster(&self, notify: bool) -> Result<Vec<(crate::trust::Remote, Client)>> {
+        let own = self.name();
+        self.remotes()
+            .into_iter()
+            .filter(|remote| remote.name != own)
+            .map(|remote| {
+                let client = self.daemon.peer_client(&remote.address)?;
+                let client = match notify {
+                    true => client.as_notifier(),
+                    false => client,
+                };
+                Ok((remote, client))
+            })
+            .collect()
+    }
+
+    /// Sends `method path` with `body` to every other member as a notification, in parallel,
+    /// and returns each member's name with its answer (`metadata`) or error, sorted by name.
+    pub async fn query_cluster(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Vec<(String, Result<Value>)>> {
+        let queries = self.cluster(true)?.into_iter().map(|(remote, client)| {
+            let method = method.clone();
+            async move {
+                let answer = client.query::<Value>(method, path, body).await;
+                (remote.name, answer)
+            }
+        });
+        let mut answers = futures::future::join_all(queries).await;
+        answers.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(answers)
+    }
+
+    /// A client for the current Raft leader.
+    pub fn leader(&self) -> Result<Client> {
+        let (_, leader) = self
+            .daemon
+            .database()?
+            .leader()
+            .ok_or_else(|| Error::unavailable("No leader is known yet"))?;
+        self.daemon.peer_client(&leader.address)
+    }
+
+    /// The names of the extension servers with their own listeners (not core-API ones).
+    pub fn extension_servers(&self) -> Vec<String> {
+        self.daemon
+            .extension_servers
+            .iter()
+            .filter(|server| !server.core_api)
+            .map(|server| server.name.clone())
+            .collect()
+    }
+
+    /// This member's server certificate and key.
+    pub fn server_cert(&self) -> Result<CertKeyPair> {
+        let dir = &self.daemon.state_dir;
+        certs::load_pair(&dir.server_cert(), &dir.server_key())
+    }
+
+    /// The cluster certificate and key.
+    pub fn cluster_cert(&self) -> Result<CertKeyPair> {
+        let dir = &self.daemon.state_dir;
+        certs::load_pair(&dir.cluster_cert(), &dir.cluster_key())
+    }
+
+    /// [`State::query_cluster`] for synchronous callers (see
+    /// [`State::transaction_blocking`]).
+    pub fn query_cluster_blocking(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Vec<(String, Result<Value>)>> {
+        let state = self.clone();
+        let path = path.to_string();
+        wait(async move { state.query_cluster(method, &path, body.as_ref()).await })
+    }
+
     /// [`State::transaction_with`] for synchronous callers (foreign hooks): allowed inside
     /// a [`BlockingHooks`] callback; on a runtime thread it fails with `WouldBlock`.
     pub fn transaction_blocking<T, F>(&self, mode: ReadMode, timeout: Duration, f: F) -> Result<T>
@@ -366,16 +459,39 @@ impl HookGate {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = true;
     }
 
-    /// Holds the gate open while the hook `name` runs; `Unavailable` once closed.
-    fn enter(&self, name: &str) -> Result<std::sync::RwLockReadGuard<'_, bool>> {
+    /// Holds the gate open while `what` (a hook, an endpoint) runs; `Unavailable` once
+    /// closed.
+    fn enter(&self, what: &str) -> Result<std::sync::RwLockReadGuard<'_, bool>> {
         let closed = self.0.read().unwrap_or_else(|p| p.into_inner());
         match *closed {
             true => Err(Error::unavailable(format!(
-                "{name} hook not run: the app was stopped"
+                "{what} was not run: the app was stopped"
             ))),
             false => Ok(closed),
         }
     }
+}
+
+/// Runs the foreign callback `call` on a blocking thread while `gate` is open, where blocking
+/// library calls are allowed (see [`State::transaction_blocking`]). `what` names it in
+/// errors.
+pub(crate) fn run_blocking<T: Send + 'static>(
+    gate: Arc<HookGate>,
+    what: String,
+    call: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Pin<Box<dyn Future<Output = Result<T>> + Send>> {
+    Box::pin(async move {
+        let panicked = format!("{what} panicked");
+        tokio::task::spawn_blocking(move || {
+            let _open = gate.enter(&what)?;
+            IN_BLOCKING_HOOK.with(|flag| flag.set(true));
+            let result = call();
+            IN_BLOCKING_HOOK.with(|flag| flag.set(false));
+            result
+        })
+        .await
+        .map_err(|err| Error::internal(format!("{panicked}: {err}")))?
+    })
 }
 
 /// The adapter from [`BlockingHooks`] to [`Hooks`].
@@ -387,19 +503,8 @@ struct Blocking<H> {
 impl<H: BlockingHooks> Blocking<H> {
     fn run(&self, state: State, event: HookEvent) -> HookFuture {
         let hooks = self.hooks.clone();
-        let gate = self.gate.clone();
-        let name = event.name();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let _open = gate.enter(name)?;
-                IN_BLOCKING_HOOK.with(|flag| flag.set(true));
-                let result = hooks.call(&state, event);
-                IN_BLOCKING_HOOK.with(|flag| flag.set(false));
-                result
-            })
-            .await
-            .map_err(|err| Error::internal(format!("The {name} hook panicked: {err}")))?
-        })
+        let what = format!("The {} hook", event.name());
+        run_blocking(self.gate.clone(), what, move || hooks.call(&state, event))
     }
 }
 

@@ -15,6 +15,7 @@ mod control_socket;
 mod daemon;
 pub mod db;
 pub mod error;
+pub mod extensions;
 pub mod hooks;
 pub mod member_config;
 pub mod membership;

@@ -93,6 +93,15 @@ impl StateDir {
         self.root.join("certificates")
     }
 
+    /// `certificates/<name>.crt` and `.key`: the certificate of an extension listener.
+    pub fn extension_certificate(&self, name: &str) -> (PathBuf, PathBuf) {
+        let dir = self.certificates_dir();
+        (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        )
+    }
+
     /// `database/`, the Raft log, snapshots, SQLite database and Raft identity.
     pub fn database_dir(&self) -> PathBuf {
         self.root.join("database")

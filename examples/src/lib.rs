@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+pub mod extended;
 pub mod output;
 
 /// The example application's API extensions (SPEC §16.1).

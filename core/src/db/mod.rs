@@ -9,6 +9,6 @@ pub mod schema;
 pub mod sql_text;
 pub mod tx;
 
-pub use node::{Database, PROPOSE_PATH, READ_INDEX_PATH, RaftSettings};
+pub use node::{Database, PROPOSE_PATH, READ_INDEX_PATH, RaftSettings, SET_NODE_PATH};
 pub use rusqlite::types::Value;
 pub use tx::{ReadMode, Rows, Tx};

@@ -26,6 +26,8 @@ use crate::{Error, ErrorKind, Result};
 pub const PROPOSE_PATH: &str = "/core/internal/raft/propose";
 /// Path of the RPC that asks the leader for a read index.
 pub const READ_INDEX_PATH: &str = "/core/internal/raft/read-index";
+/// Path of the RPC that asks the leader to update a member's Raft metadata.
+pub const SET_NODE_PATH: &str = "/core/internal/raft/set-node";
 
 /// How long a proposal or read index may wait for a leader to be known.
 const LEADER_WAIT_POLL: Duration = Duration::from_millis(20);
@@ -161,6 +163,47 @@ impl Database {
             .nodes()
             .map(|(id, node)| (*id, node.clone(), membership.voter_ids().any(|v| v == *id)))
             .collect()
+    }
+
+    /// Replaces this member's metadata in the Raft membership (its failure domain, SPEC
+    /// §13.6) through the leader.
+    pub async fn set_own_node(&self, node: MemberNode, deadline: Instant) -> Result<()> {
+        let body = Bytes::from(network::encode(&(self.id, node.clone()))?);
+        self.on_leader(
+            deadline,
+            "update this member's Raft metadata",
+            |_| {
+                let node = node.clone();
+                async move { self.set_node_local(self.id, node).await }
+            },
+            SET_NODE_PATH,
+            body,
+        )
+        .await
+    }
+
+    /// Replaces member `id`'s metadata on this node; `None` when it is not the leader.
+    pub(crate) async fn set_node_local(&self, id: NodeId, node: MemberNode) -> Result<Option<()>> {
+        let change = openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
+        match self.raft.change_membership(change, true).await {
+            Ok(_) => Ok(Some(())),
+            Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_))) => {
+                Ok(None)
+            }
+            Err(err) => Err(Error::unavailable(format!(
+                "Failed to update the Raft metadata of member {id}: {err}"
+            ))),
+        }
+    }
+
+    /// Pins `cluster_cert_pem` for every later connection to a member (after a rotation of
+    /// the cluster certificate).
+    pub fn set_cluster_certificate(&self, cluster_cert_pem: String) {
+        self.network.set_cluster_certificate(cluster_cert_pem);
+        self.leaders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
     }
 
     /// The current leader's id and node, if one is known.

@@ -35,7 +35,7 @@ pub(super) async fn run(
     }
     daemon.set_member(Some(config.clone()));
     daemon.set_database_state(DatabaseState::Starting);
-    daemon.start_core_listener(&config.address).await?;
+    daemon.start_core_listener(config).await?;
 
     let db = daemon.open_database(true).await?;
     db.initialize(MemberNode {

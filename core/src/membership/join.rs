@@ -111,7 +111,7 @@ async fn complete(
     // J4, J5
     daemon.set_member(Some(config.clone()));
     daemon.set_database_state(DatabaseState::Starting);
-    daemon.start_core_listener(&config.address).await?;
+    daemon.start_core_listener(config).await?;
     let db = daemon.open_database(true).await?;
     let join = RaftJoinRequest {
         name: config.name.clone(),

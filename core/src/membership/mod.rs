@@ -64,11 +64,22 @@ async fn init_locked(daemon: &Arc<Daemon>, control: Control) -> Result<()> {
         Error::invalid(format!("Invalid address {:?}: {reason}", control.address))
     })?;
 
-    let config = MemberConfig {
+    // SPEC §13.2: the servers again, now that the core address is known.
+    crate::extensions::validate(
+        &daemon.extension_servers,
+        Some(&control.address),
+        &crate::rest::endpoints::all(),
+    )?;
+    let mut config = MemberConfig {
         name: control.name.clone(),
         address: control.address.clone(),
         ..MemberConfig::default()
     };
+    config.servers = daemon
+        .extension_addresses(&config)
+        .into_iter()
+        .map(|(name, address)| (name, crate::member_config::ServerConfig { address }))
+        .collect();
     config.save(&daemon.state_dir.daemon_yaml())?;
     // Hooks from PreInit on see the new name and address.
     daemon.set_member(Some(config.clone()));

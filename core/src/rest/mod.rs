@@ -4,6 +4,7 @@
 pub(crate) mod access;
 pub(crate) mod endpoints;
 pub(crate) mod envelope;
+pub(crate) mod proxy;
 pub(crate) mod router;
 pub(crate) mod server;
 pub(crate) mod tls;

@@ -32,11 +32,12 @@ where
 }
 
 /// A request as handlers see it, after routing, trust decision and body decoding.
-#[expect(
-    dead_code,
-    reason = "the endpoints of this release read only part of the request; the lifecycle endpoints read the rest"
-)]
+#[derive(Clone)]
 pub(crate) struct Request {
+    /// The request method.
+    pub method: Method,
+    /// The request path and query, as received (what `?target=` proxying re-sends).
+    pub path_and_query: String,
     /// Values of the `{var}` segments of the endpoint path.
     pub vars: HashMap<String, String>,
     /// Decoded query parameters, in order.
@@ -61,6 +62,14 @@ impl Request {
             .is_some_and(|agent| agent == crate::client::NOTIFIER_USER_AGENT)
     }
 
+    /// The value of the query parameter `key`, if present.
+    pub fn query_value(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    }
+
     /// The body decoded as `T`; a missing or ill-shaped body is a 400.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
         let body = self.body.clone().unwrap_or(Value::Null);
@@ -69,10 +78,21 @@ impl Request {
     }
 }
 
+/// The future an access check returns: whether the request may go on.
+pub(crate) type AccessFuture = Pin<Box<dyn Future<Output = Result<bool>> + Send>>;
+
+/// A custom access check (SPEC §5.3 step 3), run after the trust decision.
+pub(crate) type AccessCheck = Arc<dyn Fn(Arc<Daemon>, Request) -> AccessFuture + Send + Sync>;
+
 /// One method's behaviour on an endpoint.
+#[derive(Clone)]
 pub(crate) struct Action {
     pub handler: Handler,
     pub allow_untrusted: bool,
+    /// Checked after the trust decision; `Ok(false)` is a 403.
+    pub access: Option<AccessCheck>,
+    /// `?target=<name>` forwards the request to that member (SPEC §5.6).
+    pub proxy_target: bool,
 }
 
 impl Action {
@@ -81,15 +101,23 @@ impl Action {
         Action {
             handler,
             allow_untrusted: false,
+            access: None,
+            proxy_target: false,
         }
     }
 
     /// An action anyone may call.
     pub fn untrusted(handler: Handler) -> Action {
         Action {
-            handler,
             allow_untrusted: true,
+            ..Action::trusted(handler)
         }
+    }
+
+    /// Forwards requests with `?target=<name>` to that member (SPEC §5.6).
+    pub fn with_proxy_target(mut self) -> Action {
+        self.proxy_target = true;
+        self
     }
 }
 
@@ -110,6 +138,9 @@ pub(crate) struct Endpoint {
     pub served: Served,
     pub allowed_before_init: bool,
     pub allowed_during_shutdown: bool,
+    /// Served while the member is un-initialised (core endpoints, and the endpoints of
+    /// extension servers with `pre_init`, SPEC §13.3).
+    pub served_before_init: bool,
     /// The body is raw bytes, not JSON (the Raft transport, SPEC §5.9).
     pub binary: bool,
     pub get: Option<Action>,
@@ -128,6 +159,7 @@ impl Endpoint {
             served: Served::Everywhere,
             allowed_before_init: false,
             allowed_during_shutdown: false,
+            served_before_init: true,
             binary: false,
             get: None,
             put: None,
@@ -185,6 +217,12 @@ impl Endpoint {
         self
     }
 
+    /// Sets the PATCH action.
+    pub fn patch(mut self, action: Action) -> Endpoint {
+        self.patch = Some(action);
+        self
+    }
+
     /// Sets the POST action.
     pub fn post(mut self, action: Action) -> Endpoint {
         self.post = Some(action);
@@ -202,6 +240,21 @@ impl Endpoint {
             Method::PATCH => self.patch.as_ref(),
             ref other => return Err(Error::not_found(format!("Method '{other}' not found"))),
         })
+    }
+
+    /// The path pattern with every `{var}` written `{}`: two endpoints with the same pattern
+    /// serve the same requests.
+    pub fn pattern(&self) -> String {
+        self.segments
+            .iter()
+            .map(
+                |segment| match segment.starts_with('{') && segment.ends_with('}') {
+                    true => "{}",
+                    false => segment.as_str(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     fn matches(&self, segments: &[&str]) -> Option<HashMap<String, String>> {

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::{self, Origin};
 use super::envelope::{self, Response, ResponseBody};
-use super::router::Request;
+use super::proxy;
+use super::router::{Request, Router};
 use crate::daemon::Daemon;
 use crate::{Error, ErrorKind, Result};
 
@@ -45,7 +46,10 @@ pub(crate) async fn serve_control_socket(
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve_connection(&daemon, &graceful, stream, Origin::ControlSocket),
+                Ok((stream, _)) => {
+                    let router = daemon.router.clone();
+                    serve_connection(&daemon, &router, &graceful, stream, Origin::ControlSocket)
+                }
                 Err(err) => {
                     tracing::warn!("Failed to accept on the control socket: {err}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -56,10 +60,11 @@ pub(crate) async fn serve_control_socket(
     drain(graceful).await;
 }
 
-/// Serves HTTPS with `tls` on `listener` until `stop` is cancelled, then drains open
-/// connections.
+/// Serves `router` over HTTPS with `tls` on `listener` until `stop` is cancelled, then
+/// drains open connections.
 pub(crate) async fn serve_network(
     daemon: Arc<Daemon>,
+    router: Arc<Router>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     stop: CancellationToken,
@@ -72,7 +77,7 @@ pub(crate) async fn serve_network(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    tracing::warn!("Failed to accept on the core listener: {err}");
+                    tracing::warn!("Failed to accept on a network listener: {err}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -81,6 +86,7 @@ pub(crate) async fn serve_network(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let daemon = daemon.clone();
+        let router = router.clone();
         let graceful = graceful.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -107,15 +113,18 @@ pub(crate) async fn serve_network(
                 .map(|certificate| certificate.clone().into_owned());
             serve_connection(
                 &daemon,
+                &router,
                 &graceful,
                 stream,
                 Origin::Network { client_certificate },
             );
         });
     }
+    // Free the address at once, so that a restarted listener can bind it.
+    drop(listener);
     match Arc::try_unwrap(graceful) {
         Ok(graceful) => drain(graceful).await,
-        Err(_) => tracing::debug!("Handshakes still in flight while the core listener stops"),
+        Err(_) => tracing::debug!("Handshakes still in flight while a network listener stops"),
     }
 }
 
@@ -128,15 +137,22 @@ async fn drain(graceful: GracefulShutdown) {
     }
 }
 
-fn serve_connection<S>(daemon: &Arc<Daemon>, graceful: &GracefulShutdown, stream: S, origin: Origin)
-where
+fn serve_connection<S>(
+    daemon: &Arc<Daemon>,
+    router: &Arc<Router>,
+    graceful: &GracefulShutdown,
+    stream: S,
+    origin: Origin,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let daemon = daemon.clone();
+    let router = router.clone();
     let service = service_fn(move |request| {
         let daemon = daemon.clone();
+        let router = router.clone();
         let origin = origin.clone();
-        async move { Ok::<_, Infallible>(handle(daemon, origin, request).await) }
+        async move { Ok::<_, Infallible>(handle(daemon, &router, origin, request).await) }
     });
     let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     let connection = graceful.watch(connection);
@@ -150,12 +166,13 @@ where
 /// Answers one request: the envelope of the handler's result or of the first failed check.
 async fn handle(
     daemon: Arc<Daemon>,
+    router: &Router,
     origin: Origin,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    match process(daemon, origin, request).await {
+    match process(daemon, router, origin, request).await {
         Ok(response) => envelope::sync(response),
         Err(err) => {
             tracing::debug!("{method} {path}: {} {err}", err.http_status());
@@ -167,17 +184,22 @@ async fn handle(
 /// The pipeline of SPEC §5.3.
 async fn process(
     daemon: Arc<Daemon>,
+    router: &Router,
     origin: Origin,
     request: hyper::Request<Incoming>,
 ) -> Result<Response> {
     let (parts, body) = request.into_parts();
-    let (endpoint, vars) = daemon
-        .router
+    let (endpoint, vars) = router
         .find(&origin, parts.uri.path())
         .ok_or_else(|| Error::not_found("not found"))?;
 
     if daemon.is_shutting_down() && !endpoint.allowed_during_shutdown {
         return Err(Error::unavailable("Daemon is shutting down"));
+    }
+    if !endpoint.served_before_init && daemon.member_address().is_none() {
+        return Err(Error::unavailable(
+            crate::DatabaseState::NotInitialized.text(),
+        ));
     }
     if !endpoint.allowed_before_init {
         daemon.database_state().require_open()?;
@@ -192,7 +214,7 @@ async fn process(
     if !trusted && !action.allow_untrusted {
         return Err(Error::forbidden("not authorized"));
     }
-    let handler = action.handler.clone();
+    let action = action.clone();
 
     let declared_length = parts
         .headers
@@ -220,7 +242,14 @@ async fn process(
                 .collect()
         })
         .unwrap_or_default();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string());
     let request = Request {
+        method: parts.method,
+        path_and_query,
         vars,
         query,
         headers: parts.headers,
@@ -229,7 +258,17 @@ async fn process(
         origin,
         trusted,
     };
-    handler(daemon, request).await
+    if let Some(access) = &action.access
+        && !access(daemon.clone(), request.clone()).await?
+    {
+        return Err(Error::forbidden("not authorized"));
+    }
+    if action.proxy_target
+        && let Some(target) = proxy::remote_target(&daemon, &request)
+    {
+        return proxy::forward(&daemon, &target, &request).await;
+    }
+    (action.handler)(daemon, request).await
 }
 
 fn body_too_large() -> Error {

@@ -168,16 +168,43 @@ impl ServerCertVerifier for PinnedServerCertificate {
     }
 }
 
-/// The server configuration of a listener presenting `identity`.
-pub(crate) fn server_config(identity: &CertKeyPair) -> Result<Arc<rustls::ServerConfig>> {
-    let certificate = certs::parse_cert_pem(&identity.cert_pem)?;
-    let key = certs::parse_key_pem(&identity.key_pem)?;
+/// The certificate a listener presents, replaceable while it runs (certificate rotation,
+/// SPEC §13.7): new handshakes get the new certificate, open connections keep theirs.
+#[derive(Debug)]
+pub(crate) struct CertificateSlot(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl CertificateSlot {
+    /// A slot presenting `identity`.
+    pub fn new(identity: &CertKeyPair) -> Result<Arc<CertificateSlot>> {
+        Ok(Arc::new(CertificateSlot(std::sync::RwLock::new(
+            certs::certified_key(identity)?,
+        ))))
+    }
+
+    /// Presents `identity` from the next handshake on.
+    pub fn replace(&self, identity: &CertKeyPair) -> Result<()> {
+        let key = certs::certified_key(identity)?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertificateSlot {
+    fn resolve(
+        &self,
+        _client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// The server configuration of a listener presenting the certificate in `slot`.
+pub(crate) fn server_config(slot: Arc<CertificateSlot>) -> Result<Arc<rustls::ServerConfig>> {
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|err| tls_error("server", err))?
         .with_client_cert_verifier(Arc::new(OptionalClientCertificate))
-        .with_single_cert(vec![certificate], key)
-        .map_err(|err| tls_error("server", err))?;
+        .with_cert_resolver(slot);
     Ok(Arc::new(config))
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use hyper::Method;
 use microcluster::{App, Args, Client, Error};
+use microcluster_examples::extended::EXTENDED_PATH;
 use microcluster_examples::output::{self, ClusterMember, Format, SqlBatch, TokenRecord};
 use microcluster_examples::{
     cluster_remove_path, exit_code, init_logging, parse_args, parse_config, parse_expire_after,
@@ -83,6 +84,24 @@ enum Command {
     },
     /// Shut the daemon down.
     Shutdown,
+    /// Call the example's extension endpoint (POST /1.0/extended).
+    Extended {
+        /// `simple` (the default): print the greeting replies of the other members.
+        #[arg(value_enum, default_value_t = ExtendedKind::Simple)]
+        kind: ExtendedKind,
+        /// Ask the member at this address (over mTLS) instead of the local daemon.
+        address: Option<String>,
+        /// Run the request on the member with this name (`?target=`).
+        #[arg(long)]
+        target: Option<String>,
+    },
+}
+
+/// The kinds of `microctl extended` request.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExtendedKind {
+    /// `POST /1.0/extended`.
+    Simple,
 }
 
 #[derive(Subcommand)]
@@ -206,6 +225,22 @@ async fn run(state_dir: Option<PathBuf>, command: Command) -> microcluster::Resu
             app.ready(timeout).await?;
         }
         Command::Shutdown => app.stop().await?,
+        Command::Extended {
+            kind: ExtendedKind::Simple,
+            address,
+            target,
+        } => {
+            let client = match address {
+                Some(address) => app.remote_client(&address, None)?,
+                None => client,
+            };
+            let path = match target {
+                Some(target) => format!("{EXTENDED_PATH}?target={}", percent_encode(&target)),
+                None => EXTENDED_PATH.to_string(),
+            };
+            let text: String = client.query(Method::POST, &path, None).await?;
+            print!("{text}");
+        }
     }
     Ok(())
 }

@@ -79,6 +79,7 @@ fn run(cli: Cli) -> microcluster::Result<()> {
         hooks: HookSet::from(LoggingHooks {
             fail_pre_join: std::env::var_os("FAIL_PREJOIN").is_some_and(|v| v == "1"),
         }),
+        extension_servers: vec![microcluster_examples::extended::server()],
     };
     microcluster::runtime::block_on(async move {
         spawn_signal_handler(app.clone())?;

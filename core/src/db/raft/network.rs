@@ -86,23 +86,40 @@ impl PeerCredentials {
     }
 }
 
-/// Creates the connection to each peer for openraft. Cheap to clone.
+/// Creates the connection to each peer for openraft. Cheap to clone; clones share the
+/// credentials, which a certificate rotation replaces (SPEC §13.7).
 #[derive(Clone)]
 pub struct Network {
-    credentials: Arc<PeerCredentials>,
+    credentials: Arc<std::sync::RwLock<Arc<PeerCredentials>>>,
 }
 
 impl Network {
     /// A network using `credentials`.
     pub fn new(credentials: PeerCredentials) -> Network {
         Network {
-            credentials: Arc::new(credentials),
+            credentials: Arc::new(std::sync::RwLock::new(Arc::new(credentials))),
         }
     }
 
-    /// The credentials members are reached with.
-    pub fn credentials(&self) -> &PeerCredentials {
-        &self.credentials
+    /// The credentials members are reached with now.
+    pub fn credentials(&self) -> Arc<PeerCredentials> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Pins `cluster_cert_pem` from now on; connections made before are replaced at their next
+    /// request.
+    pub fn set_cluster_certificate(&self, cluster_cert_pem: String) {
+        let mut credentials = self
+            .credentials
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *credentials = Arc::new(PeerCredentials {
+            identity: credentials.identity.clone(),
+            cluster_cert_pem,
+        });
     }
 }
 
@@ -110,10 +127,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConnection {
+        let credentials = self.credentials();
         PeerConnection {
             target,
             address: node.address.clone(),
-            client: self.credentials().client(&node.address),
+            client: credentials.client(&node.address),
+            credentials,
+            network: self.clone(),
         }
     }
 }
@@ -124,13 +144,16 @@ pub struct PeerConnection {
     address: String,
     /// The client, or why none could be made (an invalid address or certificate).
     client: Result<Client>,
+    /// The credentials `client` was made with.
+    credentials: Arc<PeerCredentials>,
+    network: Network,
 }
 
 type RpcResult<T, E> = std::result::Result<T, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
 
 impl PeerConnection {
     async fn call<Req, Resp, E>(
-        &self,
+        &mut self,
         path: &str,
         request: &Req,
         timeout: Duration,
@@ -140,6 +163,11 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let credentials = self.network.credentials();
+        if !Arc::ptr_eq(&credentials, &self.credentials) {
+            self.client = credentials.client(&self.address);
+            self.credentials = credentials;
+        }
         let client = self
             .client
             .as_ref()

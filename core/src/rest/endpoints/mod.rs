@@ -1,7 +1,9 @@
 //! The core REST resources, one file each, declaring their routes, access rules and handlers.
 
+mod certificates;
 mod cluster;
 mod control;
+mod daemon_config;
 mod hooks;
 mod raft;
 mod ready;
@@ -21,6 +23,9 @@ pub(crate) fn all() -> Vec<Endpoint> {
         control::init(),
         control::tokens(),
         cluster::members(),
+        certificates::endpoint(),
+        daemon_config::servers(),
+        daemon_config::config(),
         cluster::heartbeat(),
         cluster::member(),
         cluster::reset(),

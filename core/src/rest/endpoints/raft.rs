@@ -10,9 +10,10 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use crate::Result;
 use crate::daemon::Daemon;
 use crate::db::Database;
+use crate::db::raft::MemberNode;
 use crate::db::raft::network::{self, APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::db::raft::{Command, NodeId, TypeConfig};
-use crate::db::{PROPOSE_PATH, READ_INDEX_PATH};
+use crate::db::{PROPOSE_PATH, READ_INDEX_PATH, SET_NODE_PATH};
 use crate::membership::handover::ELECT_PATH;
 use crate::rest::envelope::Response;
 use crate::rest::router::{Action, Endpoint, Handler, Request, handler};
@@ -37,6 +38,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         raft_endpoint(SNAPSHOT_PATH, handler(snapshot)),
         raft_endpoint(PROPOSE_PATH, handler(propose)),
         raft_endpoint(READ_INDEX_PATH, handler(read_index)),
+        raft_endpoint(SET_NODE_PATH, handler(set_node)),
         Endpoint::new(ELECT_PATH.trim_start_matches('/'))
             .before_init()
             .network_only()
@@ -86,5 +88,13 @@ async fn propose(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
 async fn read_index(daemon: Arc<Daemon>, _request: Request) -> Result<Response> {
     let db = daemon.database()?;
     let reply = Database::leader_reply(db.read_index_local(LEADER_RPC_TIMEOUT).await)?;
+    Ok(Response::binary(reply))
+}
+
+async fn set_node(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
+    let (id, node): (NodeId, MemberNode) = network::decode(&request.raw)?;
+    let db = daemon.database()?;
+    let _serialised = daemon.membership_lock.lock().await;
+    let reply = Database::leader_reply(db.set_node_local(id, node).await)?;
     Ok(Response::binary(reply))
 }
