@@ -65,10 +65,16 @@ pub async fn recover(state_dir: &StateDir, members: Vec<LocalMember>) -> Result<
     ensure_daemon_stopped(&state_dir.control_socket()).await?;
     probe_members(state_dir).await?;
     let backup_dir = state_dir.clone();
-    tokio::task::spawn_blocking(move || backup_database(&backup_dir))
+    let backup = tokio::task::spawn_blocking(move || backup_database(&backup_dir))
         .await
         .map_err(|err| Error::internal(format!("The database backup failed: {err}")))??;
-    rewrite_and_pack(state_dir.clone(), own_id, members).await
+    rewrite_and_pack(state_dir.clone(), own_id, members)
+        .await
+        .map_err(|err| {
+            err.context(format!(
+                "Recovery failed after the database was backed up to {backup:?}: "
+            ))
+        })
 }
 
 /// Steps 5 to 9 of SPEC §14.2, once `database/` is backed up.
@@ -94,7 +100,8 @@ async fn rewrite_and_pack(
     rewrite_membership(&dir, own_id, &raft_members, members_sql(&members)).await?;
     tokio::task::spawn_blocking(move || {
         let tarball = write_recovery_tarball(&state_dir, &members)?;
-        update_addresses(&state_dir, &members, own_id)?;
+        update_daemon_yaml(&state_dir, &members, own_id)?;
+        update_truststore(&state_dir, &members)?;
         append_patch(&state_dir, &members)?;
         Ok(tarball)
     })
@@ -247,9 +254,9 @@ fn append_patch(state_dir: &StateDir, members: &[LocalMember]) -> Result<()> {
     sync_dir(state_dir.root())
 }
 
-/// SPEC §14.2 step 7 and §14.3 steps 3 and 6: the new addresses in the truststore and, for
-/// the member `own_id`, in `daemon.yaml`. Certificates stay as they are.
-fn update_addresses(state_dir: &StateDir, members: &[LocalMember], own_id: u64) -> Result<()> {
+/// SPEC §14.2 step 7 and §14.3 step 3: the new addresses in the truststore. Certificates
+/// stay as they are.
+fn update_truststore(state_dir: &StateDir, members: &[LocalMember]) -> Result<()> {
     let truststore = Truststore::open(state_dir.truststore_dir())?;
     for mut remote in truststore.list() {
         if let Some(member) = members.iter().find(|m| m.name == remote.name)
@@ -259,6 +266,12 @@ fn update_addresses(state_dir: &StateDir, members: &[LocalMember], own_id: u64) 
             truststore.add(remote)?;
         }
     }
+    Ok(())
+}
+
+/// SPEC §14.2 step 7 and §14.3 step 6: the new address of the member `own_id` in
+/// `daemon.yaml`.
+fn update_daemon_yaml(state_dir: &StateDir, members: &[LocalMember], own_id: u64) -> Result<()> {
     let own = members
         .iter()
         .find(|m| m.id == own_id)
@@ -429,7 +442,30 @@ pub(crate) fn unpack_at_start(state_dir: &StateDir) -> Result<()> {
     result
 }
 
+/// Where `database/` is moved while the unpacked database takes its place.
+const REPLACED_DIR: &str = "database.replaced";
+
 fn unpack_and_install(state_dir: &StateDir, tarball: &Path, unpacked: &Path) -> Result<()> {
+    let database = state_dir.database_dir();
+    let old = state_dir.root().join(REPLACED_DIR);
+    if old.exists() {
+        if state_dir.raft_identity().exists() {
+            fs::remove_dir_all(&old)
+                .map_err(|err| Error::from(err).context(format!("Failed to remove {old:?}: ")))?;
+        } else {
+            // An earlier start stopped between moving database/ away and moving the unpacked
+            // content in: the old database comes back, and the unpacking starts over.
+            tracing::warn!("Restoring {old:?}, left by an interrupted recovery");
+            if database.exists() {
+                fs::remove_dir_all(&database).map_err(|err| {
+                    Error::from(err).context(format!("Failed to remove {database:?}: "))
+                })?;
+            }
+            fs::rename(&old, &database).map_err(|err| {
+                Error::from(err).context(format!("Failed to move {old:?} to {database:?}: "))
+            })?;
+        }
+    }
     // 1. Unpack (a leftover of an interrupted start is discarded first).
     if unpacked.exists() {
         fs::remove_dir_all(unpacked)
@@ -448,15 +484,7 @@ fn unpack_and_install(state_dir: &StateDir, tarball: &Path, unpacked: &Path) -> 
         return Err(missing_local_member());
     }
     // 3. The truststore (daemon.yaml follows in step 6).
-    let truststore = Truststore::open(state_dir.truststore_dir())?;
-    for mut remote in truststore.list() {
-        if let Some(member) = members.iter().find(|m| m.name == remote.name)
-            && member.address != remote.address
-        {
-            remote.address = member.address.clone();
-            truststore.add(remote)?;
-        }
-    }
+    update_truststore(state_dir, &members)?;
     // 4. Back up.
     backup_database(state_dir)?;
     // 5. Replace database/, keeping the own identity; recovery.yaml does not go with it.
@@ -468,12 +496,6 @@ fn unpack_and_install(state_dir: &StateDir, tarball: &Path, unpacked: &Path) -> 
     fs::set_permissions(unpacked, fs::Permissions::from_mode(DATABASE_DIR_MODE)).map_err(
         |err| Error::from(err).context(format!("Failed to set the mode of {unpacked:?}: ")),
     )?;
-    let database = state_dir.database_dir();
-    let old = state_dir.root().join("database.replaced");
-    if old.exists() {
-        fs::remove_dir_all(&old)
-            .map_err(|err| Error::from(err).context(format!("Failed to remove {old:?}: ")))?;
-    }
     let moved = |from: &Path, to: &Path| {
         fs::rename(from, to)
             .map_err(|err| Error::from(err).context(format!("Failed to move {from:?} to {to:?}: ")))
@@ -484,10 +506,12 @@ fn unpack_and_install(state_dir: &StateDir, tarball: &Path, unpacked: &Path) -> 
     if let Err(err) = fs::remove_dir_all(&old) {
         tracing::warn!("Failed to remove the replaced database {old:?}: {err}");
     }
-    // 6. The tarball goes, daemon.yaml gets the new address.
+    // 6. daemon.yaml gets the new address, then the tarball goes (a start interrupted before
+    // that loads the same tarball again, with the same result).
+    update_daemon_yaml(state_dir, &members, own_id)?;
     fs::remove_file(tarball)
         .map_err(|err| Error::from(err).context(format!("Failed to remove {tarball:?}: ")))?;
-    update_addresses(state_dir, &members, own_id)?;
+    sync_dir(state_dir.root())?;
     tracing::info!("Loaded the recovered database");
     Ok(())
 }
@@ -945,6 +969,27 @@ mod tests {
         );
         assert!(other.root().join(RECOVERY_TARBALL).exists());
         assert!(!other.root().join(RECOVERY_DIR).exists());
+    }
+
+    #[tokio::test]
+    async fn a_start_interrupted_while_replacing_the_database_is_resumed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (seeds, cluster) = cluster();
+        let c1 = seed_member(&tmp.path().join("c1"), 0, &seeds, &cluster).await;
+        let c2 = seed_member(&tmp.path().join("c2"), 1, &seeds, &cluster).await;
+        let mut members = view(&seeds);
+        members[1].address = free_address();
+        let tarball = recover(&c1, members.clone()).await.unwrap();
+        fs::copy(&tarball, c2.root().join(RECOVERY_TARBALL)).unwrap();
+        // The crash came after database/ was moved away: the next start finds it empty.
+        fs::rename(c2.database_dir(), c2.root().join(REPLACED_DIR)).unwrap();
+        let c2 = StateDir::open(c2.root()).unwrap();
+        unpack_at_start(&c2).unwrap();
+        assert_eq!(identity::load(&c2.raft_identity()).unwrap(), 2);
+        assert_eq!(local_members(&c2).unwrap(), members);
+        assert!(!c2.root().join(REPLACED_DIR).exists());
+        let config = MemberConfig::load(&c2.daemon_yaml()).unwrap();
+        assert_eq!(config.address, members[1].address);
     }
 
     #[test]
