@@ -251,3 +251,89 @@ fn recovery_is_refused_while_a_member_runs() {
 
     cluster.stop(1);
 }
+
+/// `microctl --state-dir <dir> cluster edit` on a terminal (through util-linux `script`),
+/// answering `answer` and editing with `editor`.
+fn cluster_edit_on_terminal(state_dir: &Path, answer: &str, editor: &Path) -> Output {
+    let command = format!(
+        "{} --state-dir {} cluster edit",
+        binary("microctl").display(),
+        state_dir.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("EDITOR", editor)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script (util-linux)");
+    let mut stdin = child.stdin.take().expect("a stdin pipe");
+    stdin.write_all(answer.as_bytes()).expect("write stdin");
+    drop(stdin);
+    child.wait_with_output().expect("wait for script")
+}
+
+#[test]
+fn cluster_edit_on_a_terminal() {
+    let mut cluster = Cluster::start(1, HEARTBEAT);
+    cluster.stop(0);
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen.yaml");
+    let address = free_address();
+    let editor = dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        format!(
+            "#!/bin/sh\ncp \"$1\" {seen:?}\nsed -i 's/address: .*/address: {address}/' \"$1\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let prompt = "You should only run this command if:\r\n \
+                  - A quorum of cluster members is permanently lost\r\n \
+                  - You are *absolutely* sure all microd instances are stopped\r\n \
+                  - This instance has the most up to date database\r\n\r\n\
+                  Do you want to proceed? (yes/no): ";
+
+    // Any answer but `yes` aborts.
+    let out = cluster_edit_on_terminal(&cluster.state_dirs[0], "no\n", &editor);
+    let (stdout, _) = texts(&out);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!(
+            "{prompt}Cluster edit aborted; no changes made\r\n"
+        )),
+        "{stdout:?}"
+    );
+    assert!(!seen.exists());
+    assert!(!cluster.state_dirs[0].join("recovery_db.tar.gz").exists());
+
+    // `yes` opens the editor on the local view under the comment block.
+    let out = cluster_edit_on_terminal(&cluster.state_dirs[0], "yes\n", &editor);
+    let (stdout, _) = texts(&out);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("Cluster changes applied; new database state saved to "),
+        "{stdout:?}"
+    );
+    let shown = std::fs::read_to_string(&seen).unwrap();
+    assert!(shown.starts_with("# "), "{shown}");
+    for role in ["voter", "stand-by", "spare"] {
+        assert!(shown.contains(&format!("#  {role} ")), "{shown}");
+    }
+    assert!(shown.contains("name: c1\n"), "{shown}");
+    let view = local_view(&cluster, 0);
+    assert_eq!(view[0].address, address);
+    assert_eq!(view[0].role, "voter");
+
+    // The member starts at its new address.
+    cluster.addresses[0] = address.clone();
+    cluster.restart(0);
+    let rows = members(&cluster, 0);
+    assert_eq!(
+        rows,
+        vec![("c1".into(), address, "voter".into(), "ONLINE".into())]
+    );
+    cluster.stop(0);
+}
