@@ -31,7 +31,7 @@ use crate::trust::Truststore;
 use crate::{Error, Result, certs, validate};
 
 /// The recovery bundle in the state directory.
-pub const RECOVERY_TARBALL: &str = "recovery_db.tar.gz";
+const RECOVERY_TARBALL: &str = "recovery_db.tar.gz";
 /// The directory the bundle is unpacked into at start.
 const RECOVERY_DIR: &str = "recovery_db";
 /// The new member list inside the bundle.
