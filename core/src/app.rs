@@ -293,6 +293,20 @@ impl App {
         crate::membership::local::local_members(&self.state_dir)
     }
 
+    /// Quorum-loss recovery (SPEC §14.2), with every member's daemon stopped: rewrites this
+    /// member's Raft membership to exactly `members` (the [`App::local_members`] list with
+    /// edited roles and addresses; members cannot be added or removed) and returns the path of
+    /// `recovery_db.tar.gz`. This member can start right away; every other surviving member
+    /// needs a copy of the tarball in its state directory before it starts (SPEC §14.3).
+    pub async fn recover_from_quorum_loss(
+        &self,
+        members: Vec<crate::membership::local::LocalMember>,
+    ) -> Result<PathBuf> {
+        let state_dir = self.state_dir.clone();
+        runtime::run(async move { crate::membership::recovery::recover(&state_dir, members).await })
+            .await
+    }
+
     /// Runs `query` through the SQL API (SPEC §12) and returns `{"Results":[…]}`.
     pub async fn sql(&self, query: &str) -> Result<Value> {
         let body = serde_json::json!({ "query": query });

@@ -8,14 +8,19 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::{Error, Result};
 
+/// Whether a daemon accepts connections on the control socket at `path` within `timeout`.
+pub(crate) async fn answers(path: &Path, timeout: Duration) -> bool {
+    let probe = tokio::time::timeout(timeout, UnixStream::connect(path)).await;
+    matches!(probe, Ok(Ok(_)))
+}
+
 /// Binds the control socket at `path` with mode 0660, owned by `group` if given.
 ///
 /// Fails with `Unix socket at "<path>" is already running` when a daemon answers there; a
 /// socket file nobody answers on is removed first.
 pub(crate) async fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener> {
     if path.exists() {
-        let probe = tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(path)).await;
-        if matches!(probe, Ok(Ok(_))) {
+        if answers(path, Duration::from_secs(2)).await {
             return Err(Error::invalid(format!(
                 "Unix socket at {path:?} is already running"
             )));

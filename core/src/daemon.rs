@@ -861,6 +861,7 @@ async fn serve(
     control_listener: tokio::net::UnixListener,
     on_started: impl FnOnce(Running),
 ) -> Result<()> {
+    crate::membership::recovery::unpack_at_start(&state_dir)?;
     let member = match state_dir.is_initialised() {
         true => Some(MemberConfig::load(&state_dir.daemon_yaml())?),
         false => None,

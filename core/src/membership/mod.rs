@@ -8,6 +8,7 @@ pub(crate) mod heartbeat;
 mod join;
 pub mod local;
 pub(crate) mod members;
+pub mod recovery;
 mod remove;
 pub(crate) mod tokens;
 

@@ -1,13 +1,14 @@
 //! `microctl`: the example CLI (SPEC §16.2). It talks to a member's daemon over its control
 //! socket, or to another member over mTLS for `cluster list <address>`.
 
-use std::io::Read;
-use std::path::PathBuf;
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use hyper::Method;
+use microcluster::membership::local::LocalMember;
 use microcluster::{App, Args, Client, Error};
 use microcluster_examples::extended::EXTENDED_PATH;
 use microcluster_examples::output::{self, ClusterMember, Format, SqlBatch, TokenRecord};
@@ -152,7 +153,32 @@ enum ClusterCommand {
         #[arg(long)]
         address: Option<String>,
     },
+    /// Recover from the loss of a quorum: edit the members' roles and addresses with every
+    /// daemon stopped (YAML from stdin, or in $EDITOR on a terminal).
+    Edit,
 }
+
+/// The warning `cluster edit` asks to confirm on a terminal (SPEC §16.2).
+const EDIT_PROMPT: &str = "You should only run this command if:
+ - A quorum of cluster members is permanently lost
+ - You are *absolutely* sure all microd instances are stopped
+ - This instance has the most up to date database
+
+Do you want to proceed? (yes/no): ";
+
+/// The comment block above the YAML `cluster edit` opens in the editor.
+const EDIT_HEADER: &str = "\
+# Edit the roles and addresses of the cluster members, then save and quit.
+# Members cannot be added or removed, and their ids and names cannot change.
+#
+# Roles:
+#  voter     Raft voter: counts for elections and for the commit quorum. At least one is
+#            required; give this role only to members that will be started again.
+#  stand-by  Non-voting replica, promoted first when a voter is missing.
+#  spare     Non-voting replica, promoted only when no stand-by is available. Give this
+#            role to the members that are permanently lost.
+#
+";
 
 /// The answer of `GET /core/internal/sql`.
 #[derive(Deserialize)]
@@ -298,6 +324,86 @@ async fn cluster(app: &App, client: &Client, command: ClusterCommand) -> microcl
             let path = cluster_remove_path(&name, force, address.as_deref());
             client.query::<Value>(Method::DELETE, &path, None).await?;
         }
+        ClusterCommand::Edit => cluster_edit(app).await?,
+    }
+    Ok(())
+}
+
+/// `cluster edit` (SPEC §16.2): the new member list from stdin, or after a confirmation from
+/// the editor on a terminal; then quorum-loss recovery.
+async fn cluster_edit(app: &App) -> microcluster::Result<()> {
+    let stdin = std::io::stdin();
+    let yaml = if stdin.is_terminal() {
+        print!("{EDIT_PROMPT}");
+        std::io::stdout()
+            .flush()
+            .map_err(|err| Error::internal(format!("Failed to write the prompt: {err}")))?;
+        let mut answer = String::new();
+        stdin
+            .lock()
+            .read_line(&mut answer)
+            .map_err(|err| Error::invalid(format!("Failed to read the answer: {err}")))?;
+        if answer.trim() != "yes" {
+            println!("Cluster edit aborted; no changes made");
+            return Ok(());
+        }
+        let current = serde_yaml_ng::to_string(&app.local_members()?)
+            .map_err(|err| Error::internal(format!("Failed to format the members: {err}")))?;
+        edit_in_editor(&format!("{EDIT_HEADER}{current}"))?
+    } else {
+        let mut text = String::new();
+        stdin.lock().read_to_string(&mut text).map_err(|err| {
+            Error::invalid(format!("Failed to read the members from stdin: {err}"))
+        })?;
+        text
+    };
+    let members: Vec<LocalMember> = serde_yaml_ng::from_str(&yaml)
+        .map_err(|err| Error::invalid(format!("Invalid member list: {err}")))?;
+    let path = app.recover_from_quorum_loss(members).await?;
+    let path = path.display();
+    println!("Cluster changes applied; new database state saved to {path}");
+    println!();
+    println!(
+        "*Before* starting any cluster member, copy {path} to {path} on all remaining cluster members."
+    );
+    println!();
+    println!("microd will load this file during startup.");
+    Ok(())
+}
+
+/// Opens `text` in `$EDITOR` (default `vi`) and returns what the user saved.
+fn edit_in_editor(text: &str) -> microcluster::Result<String> {
+    let failed =
+        |err: &dyn std::fmt::Display| Error::internal(format!("Failed to edit the members: {err}"));
+    let mut file = tempfile::Builder::new()
+        .prefix("microctl-cluster-edit-")
+        .suffix(".yaml")
+        .tempfile()
+        .map_err(|err| failed(&err))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|err| failed(&err))?;
+    let editor = std::env::var("EDITOR")
+        .ok()
+        .filter(|editor| !editor.trim().is_empty())
+        .unwrap_or_else(|| "vi".to_string());
+    run_editor(&editor, file.path())?;
+    std::fs::read_to_string(file.path()).map_err(|err| failed(&err))
+}
+
+/// Runs the editor command line `editor` (a program and its arguments) on `path`.
+fn run_editor(editor: &str, path: &Path) -> microcluster::Result<()> {
+    let mut words = editor.split_whitespace();
+    let program = words.next().unwrap_or("vi");
+    let status = std::process::Command::new(program)
+        .args(words)
+        .arg(path)
+        .status()
+        .map_err(|err| Error::internal(format!("Failed to run the editor {editor:?}: {err}")))?;
+    if !status.success() {
+        return Err(Error::internal(format!(
+            "The editor {editor:?} failed ({status}); no changes made"
+        )));
     }
     Ok(())
 }

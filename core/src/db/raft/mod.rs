@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 pub mod local_view;
 pub mod log_store;
 pub mod network;
+pub(crate) mod recovery;
 mod sqlite;
 pub mod state_machine;
 
