@@ -10,7 +10,8 @@ export CARGO_TERM_COLOR=never
 
 echo "== system packages"
 # libclang: rusqlite's session extension (bindgen). pkg-config, valgrind: the C example's test.
-missing=$(for p in libclang-dev pkg-config valgrind; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+# bsdutils: `script`, which gives the recovery test a terminal.
+missing=$(for p in libclang-dev pkg-config valgrind bsdutils; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
     apt-get update -qq
     # shellcheck disable=SC2086 # one word per package
