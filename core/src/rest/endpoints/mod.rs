@@ -2,6 +2,7 @@
 
 mod cluster;
 mod control;
+mod database;
 mod hooks;
 mod raft;
 mod ready;
@@ -30,6 +31,7 @@ pub(crate) fn all() -> Vec<Endpoint> {
         cluster::raft_join(),
         cluster::truststore(),
         sql::endpoint(),
+        database::endpoint(),
         hooks::endpoint(),
     ];
     endpoints.extend(raft::endpoints());
