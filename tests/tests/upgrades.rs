@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use microcluster_it::{Cluster, Microd, texts, wait_until};
+use microcluster_it::{Cluster, Microd, free_address, texts, wait_until};
 use serde_json::Value;
 
 /// The upgraded members' third external schema update.
@@ -254,6 +254,28 @@ fn rolling_upgrade_of_the_application_schema() {
     let out = cluster.ctl(2, &["waitready", "--timeout", "120"]);
     assert!(out.status.success(), "{:?}", texts(&out));
     wait_statuses(&cluster, 2, &online);
+
+    // A member that joins without the update is behind too (J6): the join fails and rolls
+    // back.
+    let dir = tempfile::tempdir().unwrap();
+    let c4 = Microd::spawn(&dir.path().join("c4"), OLD);
+    let out = c4.ctl(&["waitready", "--timeout", "120"]);
+    assert!(out.status.success(), "{:?}", texts(&out));
+    let token = cluster.ctl_ok(0, &["tokens", "add", "c4"]);
+    let out = c4.ctl(&["init", "c4", &free_address(), "--token", token.trim()]);
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("This node's version is behind, please upgrade"),
+        "{stderr}\nlog:\n{}",
+        c4.log_text()
+    );
+    let out = c4.ctl(&["cluster", "list"]);
+    assert_eq!(
+        texts(&out).1.trim(),
+        "Error: Database is not yet initialized"
+    );
+    wait_statuses(&cluster, 0, &online);
 
     for i in 0..3 {
         cluster.stop(i);

@@ -64,9 +64,17 @@ impl CodeVersions {
     }
 }
 
+/// Whether a row's versions are unknown: internal version 0, which no release has. That is a
+/// row re-created by reconciliation (SPEC §8.4), which knows a member's name, address,
+/// certificate and role from Raft but not its versions, until that member starts again and
+/// writes them. Such a row is neither ahead nor behind: waiting for it could last forever.
+fn versions_unknown(row: &ClusterMember) -> bool {
+    row.schema_internal_version == 0
+}
+
 /// Compares this member's versions with every other row whose role is not `PENDING` (exact
-/// comparison, SPEC §17 j) and returns how many of those rows are behind. Fails when this
-/// member is behind any of them (SPEC §11.5 steps 2–4).
+/// comparison, SPEC §17 j) and whose versions are known, and returns how many of those rows
+/// are behind. Fails when this member is behind any of them (SPEC §11.5 steps 2–4).
 pub(crate) fn count_behind(
     own_name: &str,
     own: &CodeVersions,
@@ -75,7 +83,7 @@ pub(crate) fn count_behind(
     let mut behind = 0;
     for row in rows
         .iter()
-        .filter(|row| row.name != own_name && row.role != PENDING)
+        .filter(|row| row.name != own_name && row.role != PENDING && !versions_unknown(row))
     {
         if row.schema_internal_version > own.internal || row.schema_external_version > own.external
         {
@@ -195,7 +203,7 @@ mod tests {
 
     fn own() -> CodeVersions {
         CodeVersions {
-            internal: 1,
+            internal: 2,
             external: 3,
             extensions: vec!["a".into(), "b".into()],
         }
@@ -221,9 +229,9 @@ mod tests {
     #[test]
     fn equal_rows_are_not_behind() {
         let rows = [
-            row("c1", "voter", 1, 3, &["a", "b"]),
-            row("c2", "voter", 1, 3, &["a", "b"]),
-            row("c3", "stand-by", 1, 3, &["a", "b"]),
+            row("c1", "voter", 2, 3, &["a", "b"]),
+            row("c2", "voter", 2, 3, &["a", "b"]),
+            row("c3", "stand-by", 2, 3, &["a", "b"]),
         ];
         assert_eq!(count_behind("c1", &own(), &rows).unwrap(), 0);
     }
@@ -231,8 +239,8 @@ mod tests {
     #[test]
     fn a_higher_internal_version_elsewhere_fails() {
         let rows = [
-            row("c1", "voter", 1, 3, &["a", "b"]),
-            row("c2", "voter", 2, 3, &["a", "b"]),
+            row("c1", "voter", 2, 3, &["a", "b"]),
+            row("c2", "voter", 3, 3, &["a", "b"]),
         ];
         let err = count_behind("c1", &own(), &rows).unwrap_err();
         assert_eq!(err.message(), VERSION_BEHIND);
@@ -242,7 +250,7 @@ mod tests {
     #[test]
     fn a_higher_external_version_elsewhere_fails() {
         // Even when the same row is lower in the other count.
-        let rows = [row("c2", "spare", 0, 4, &["a", "b"])];
+        let rows = [row("c2", "spare", 1, 4, &["a", "b"])];
         let err = count_behind("c1", &own(), &rows).unwrap_err();
         assert_eq!(err.message(), VERSION_BEHIND);
     }
@@ -250,7 +258,7 @@ mod tests {
     #[test]
     fn more_or_other_extensions_elsewhere_fail() {
         for extensions in [&["a", "b", "c"][..], &["a", "x"][..]] {
-            let rows = [row("c2", "voter", 1, 3, extensions)];
+            let rows = [row("c2", "voter", 2, 3, extensions)];
             let err = count_behind("c1", &own(), &rows).unwrap_err();
             assert_eq!(err.message(), EXTENSIONS_BEHIND, "{extensions:?}");
         }
@@ -260,13 +268,13 @@ mod tests {
     fn a_pending_row_is_ignored_whatever_its_versions() {
         // SPEC §17 j: the filter compares the role exactly, in upper case.
         let rows = [
-            row("c1", "voter", 1, 3, &["a", "b"]),
-            row("c4", "PENDING", 9, 9, &["a", "b", "c"]),
+            row("c1", "voter", 2, 3, &["a", "b"]),
+            row("c4", "PENDING", 10, 9, &["a", "b", "c"]),
             row("c5", "PENDING", 0, 0, &[]),
         ];
         assert_eq!(count_behind("c1", &own(), &rows).unwrap(), 0);
         // A row whose role merely looks like PENDING in another case is compared.
-        let rows = [row("c4", "pending", 9, 9, &["a", "b"])];
+        let rows = [row("c4", "pending", 10, 9, &["a", "b"])];
         assert_eq!(
             count_behind("c1", &own(), &rows).unwrap_err().message(),
             VERSION_BEHIND
@@ -274,13 +282,22 @@ mod tests {
     }
 
     #[test]
+    fn a_row_recreated_by_reconciliation_is_not_waited_for() {
+        let rows = [
+            row("c1", "voter", 2, 3, &["a", "b"]),
+            row("c2", "voter", 0, 0, &[]),
+        ];
+        assert_eq!(count_behind("c1", &own(), &rows).unwrap(), 0);
+    }
+
+    #[test]
     fn rows_behind_are_counted() {
         let rows = [
-            row("c1", "voter", 1, 3, &["a", "b"]),
-            row("c2", "voter", 1, 2, &["a", "b"]),
-            row("c3", "voter", 1, 3, &["a"]),
-            row("c4", "spare", 0, 3, &["a", "b"]),
-            row("c5", "stand-by", 1, 3, &["a", "b"]),
+            row("c1", "voter", 2, 3, &["a", "b"]),
+            row("c2", "voter", 2, 2, &["a", "b"]),
+            row("c3", "voter", 2, 3, &["a"]),
+            row("c4", "spare", 1, 3, &["a", "b"]),
+            row("c5", "stand-by", 2, 3, &["a", "b"]),
         ];
         assert_eq!(count_behind("c1", &own(), &rows).unwrap(), 3);
     }
@@ -288,7 +305,7 @@ mod tests {
     #[test]
     fn own_row_is_not_compared() {
         // This member's row may still hold its older versions: it is rewritten, not compared.
-        let rows = [row("c1", "voter", 1, 2, &["a"])];
+        let rows = [row("c1", "voter", 2, 2, &["a"])];
         assert_eq!(count_behind("c1", &own(), &rows).unwrap(), 0);
     }
 
@@ -296,19 +313,19 @@ mod tests {
     fn waiting_status_tells_upgraded_members_from_the_others() {
         let own = own();
         assert_eq!(
-            waiting_status(&own, &row("c1", "voter", 1, 3, &["a", "b"])),
+            waiting_status(&own, &row("c1", "voter", 2, 3, &["a", "b"])),
             UPGRADING
         );
         assert_eq!(
-            waiting_status(&own, &row("c2", "voter", 1, 2, &["a", "b"])),
+            waiting_status(&own, &row("c2", "voter", 2, 2, &["a", "b"])),
             NEEDS_UPGRADE
         );
         assert_eq!(
-            waiting_status(&own, &row("c3", "voter", 0, 3, &["a", "b"])),
+            waiting_status(&own, &row("c3", "voter", 1, 3, &["a", "b"])),
             NEEDS_UPGRADE
         );
         assert_eq!(
-            waiting_status(&own, &row("c4", "voter", 1, 3, &["a"])),
+            waiting_status(&own, &row("c4", "voter", 2, 3, &["a"])),
             NEEDS_UPGRADE
         );
     }
