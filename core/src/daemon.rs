@@ -13,6 +13,7 @@ use crate::app::DaemonArgs;
 use crate::certs;
 use crate::client::Client;
 use crate::db::raft::network::PeerCredentials;
+use crate::db::upgrade::{self, CodeVersions, Opening};
 use crate::db::{self, Database, RaftSettings};
 use crate::extensions::{self, ExtensionServer};
 use crate::hooks::{HookSet, State};
@@ -92,6 +93,10 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long to wait before trying again to bring the database online.
 const DATABASE_RETRY: Duration = Duration::from_secs(1);
+
+/// How often a shutdown that waits for start-up checks whether the database waits for an
+/// upgrade.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 
 /// Everything the handlers of one running daemon share.
 pub(crate) struct Daemon {
@@ -301,32 +306,76 @@ impl Daemon {
         }));
     }
 
-    /// Brings the database online: waits for a leader, applies missing schema updates, and
-    /// sets the state to online. Tries again until it succeeds or the daemon stops.
-    fn spawn_database_start(self: &Arc<Self>, database: Arc<Database>) -> watch::Receiver<bool> {
-        let (online_tx, online) = watch::channel(false);
+    /// What opening this member's database involves (SPEC §11.3); `check_versions` is false
+    /// only at bootstrap.
+    pub(crate) fn opening(&self, check_versions: bool) -> Opening {
+        Opening {
+            name: self.member_config().map(|member| member.name).unwrap_or_default(),
+            own: CodeVersions::of(&self.schema_updates, &self.extensions),
+            schema_updates: self.schema_updates.clone(),
+            patch_file: self.state_dir.patch_global_sql(),
+            check_versions,
+        }
+    }
+
+    /// Tells every other member that this member's database came online (`PATCH
+    /// /core/internal/database`), waking those waiting for an upgrade (SPEC §11.5).
+    pub(crate) async fn announce_database_online(&self) {
+        self.notify(
+            &self.truststore.list(),
+            hyper::Method::PATCH,
+            "/core/internal/database",
+            None::<&serde_json::Value>,
+        )
+        .await;
+    }
+
+    /// Brings the database online (SPEC §11.3, §11.5): waits for a leader, runs
+    /// `patch.global.sql` and the upgrade check (waiting while others are behind), applies
+    /// missing schema updates, sets the state to online and tells the other members. Tries
+    /// again until it succeeds, fails for good (the outcome is `Some(Err)`), or the daemon
+    /// stops.
+    fn spawn_database_start(
+        self: &Arc<Self>,
+        database: Arc<Database>,
+    ) -> watch::Receiver<Option<Result<()>>> {
+        let (outcome_tx, outcome) = watch::channel(None);
         let daemon = self.clone();
         let stop = self.member_token();
         self.track_member(tokio::spawn(async move {
+            let opening = daemon.opening(true);
             loop {
-                let deadline = std::time::Instant::now() + DATABASE_START_TIMEOUT;
-                let attempt = database.apply_schema_updates(&daemon.schema_updates, deadline);
+                let attempt = database.bring_online(&opening, DATABASE_START_TIMEOUT, |behind| {
+                    daemon.set_database_state(DatabaseState::Waiting { behind })
+                });
                 let result = tokio::select! {
                     _ = stop.cancelled() => return,
                     result = attempt => result,
                 };
                 match result {
-                    Ok(_) => {
+                    Ok(()) => {
                         daemon.set_database_state(DatabaseState::Online);
                         tracing::info!("Database is online");
-                        online_tx.send_replace(true);
+                        outcome_tx.send_replace(Some(Ok(())));
                         // SPEC §13.6: a changed failure domain takes effect at the next start.
-                        if let Some(member) = daemon.member_config()
-                            && let Err(err) =
-                                daemon.publish_failure_domain(member.failure_domain).await
-                        {
-                            tracing::warn!("Failed to publish the failure domain: {err}");
+                        let publish = async {
+                            if let Some(member) = daemon.member_config()
+                                && let Err(err) =
+                                    daemon.publish_failure_domain(member.failure_domain).await
+                            {
+                                tracing::warn!("Failed to publish the failure domain: {err}");
+                            }
+                        };
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = async { tokio::join!(daemon.announce_database_online(), publish) } => {}
                         }
+                        return;
+                    }
+                    Err(err) if upgrade::is_final(&err) => {
+                        tracing::error!("The database cannot open: {err}");
+                        daemon.set_database_state(DatabaseState::Offline);
+                        outcome_tx.send_replace(Some(Err(err)));
                         return;
                     }
                     Err(err) => tracing::warn!("Database is not online yet: {err}"),
@@ -337,7 +386,7 @@ impl Daemon {
                 }
             }
         }));
-        online
+        outcome
     }
 
     /// Puts `failure_domain` into this member's Raft metadata through the leader, unless it
@@ -750,7 +799,19 @@ impl Daemon {
             return Err(Error::unavailable("Shutdown already in progress"));
         }
         let mut phase = self.phase.subscribe();
-        let _ = phase.wait_for(|phase| *phase != Phase::Starting).await;
+        let started = phase.wait_for(|phase| *phase != Phase::Starting);
+        tokio::pin!(started);
+        // SPEC §15 step 2: a start-up that waits for an upgrade is not waited for.
+        loop {
+            tokio::select! {
+                _ = &mut started => break,
+                _ = tokio::time::sleep(SHUTDOWN_POLL) => {
+                    if matches!(self.database_state(), DatabaseState::Waiting { .. }) {
+                        break;
+                    }
+                }
+            }
+        }
         self.phase.send_replace(Phase::ShuttingDown);
         tracing::info!("Shutting down");
         Ok(())
@@ -930,8 +991,17 @@ async fn serve(
     let started = start_services(&daemon, member.as_ref()).await;
     match &started {
         Ok(()) => {
-            daemon.phase.send_replace(Phase::Ready);
-            tracing::info!("Daemon is ready");
+            // A shutdown may have begun during a start-up waiting for an upgrade.
+            let ready = daemon.phase.send_if_modified(|phase| {
+                let starting = *phase == Phase::Starting;
+                if starting {
+                    *phase = Phase::Ready;
+                }
+                starting
+            });
+            if ready {
+                tracing::info!("Daemon is ready");
+            }
             // Wait for a shutdown request, then for its answer to be written out.
             if let Ok(when_sent) = finish_requested.await {
                 let _ = tokio::time::timeout(FINISH_TIMEOUT, when_sent).await;
@@ -953,6 +1023,9 @@ async fn serve(
 async fn start_services(daemon: &Arc<Daemon>, member: Option<&MemberConfig>) -> Result<()> {
     daemon.spawn_truststore_watcher();
     start_member_services(daemon, member).await?;
+    if daemon.is_shutting_down() {
+        return Ok(());
+    }
     daemon
         .hooks
         .0
@@ -965,13 +1038,21 @@ async fn start_member_services(daemon: &Arc<Daemon>, member: Option<&MemberConfi
     if let Some(member) = member {
         daemon.start_core_listener(member).await?;
         let database = daemon.open_database(false).await?;
-        let mut online = daemon.spawn_database_start(database);
-        let started =
-            tokio::time::timeout(DATABASE_START_TIMEOUT, online.wait_for(|online| *online));
-        if started.await.is_err() {
-            tracing::warn!(
+        let mut outcome = daemon.spawn_database_start(database);
+        let opened =
+            tokio::time::timeout(DATABASE_START_TIMEOUT, outcome.wait_for(Option::is_some));
+        match opened.await {
+            // A member behind the others, or a failing patch or update: the start fails.
+            Ok(Ok(outcome)) => {
+                if let Some(Err(err)) = &*outcome {
+                    return Err(err.clone());
+                }
+            }
+            // Stopped by a shutdown.
+            Ok(Err(_)) => {}
+            Err(_) => tracing::warn!(
                 "The database is not online after {DATABASE_START_TIMEOUT:?}; start-up continues and it keeps trying"
-            );
+            ),
         }
     }
     Ok(())

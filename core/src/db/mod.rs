@@ -3,11 +3,13 @@
 
 pub mod identity;
 mod node;
+mod patch;
 mod proposer;
 pub mod raft;
 pub mod schema;
 pub mod sql_text;
 pub mod tx;
+pub(crate) mod upgrade;
 
 pub use node::{Database, PROPOSE_PATH, READ_INDEX_PATH, RaftSettings, SET_NODE_PATH};
 pub use rusqlite::types::Value;

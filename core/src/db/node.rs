@@ -104,6 +104,8 @@ pub struct Database {
     proposer: Proposer,
     /// Clients of the leaders this member forwarded to, by address.
     leaders: Mutex<HashMap<String, Client>>,
+    /// Signalled when a peer announces that its database came online (SPEC §11.5).
+    peer_started: tokio::sync::Notify,
 }
 
 impl Database {
@@ -132,6 +134,7 @@ impl Database {
             pool: Mutex::new(Vec::new()),
             state_machine,
             leaders: Mutex::new(HashMap::new()),
+            peer_started: tokio::sync::Notify::new(),
         })
     }
 
@@ -444,6 +447,18 @@ impl Database {
         if entry.0 == self.state_machine.generation() && pool.len() < MAX_POOLED_CONNECTIONS {
             pool.push(entry);
         }
+    }
+
+    /// Records that a peer's database came online (`PATCH /core/internal/database`), waking
+    /// a member that waits for the others to be upgraded; remembered until the next wait when
+    /// nobody waits.
+    pub(crate) fn announce_peer_started(&self) {
+        self.peer_started.notify_one();
+    }
+
+    /// Resolves at the next (or a remembered) [`Database::announce_peer_started`].
+    pub(crate) async fn peer_started(&self) {
+        self.peer_started.notified().await;
     }
 
     /// Stops the Raft node.

@@ -181,8 +181,11 @@ impl Database {
                 self.wait_applied(index, deadline).await?;
                 Ok(expected)
             }
-            // Another member applied them first: nothing left to do if the versions match.
+            // Another member applied them first (their entry is before ours in the log, and
+            // the `schemas` row of each update is UNIQUE, so ours failed as a whole): nothing
+            // left to do if the versions match once this member has applied that entry too.
             CommandResult::Failed { message } => {
+                self.wait_applied(index, deadline).await?;
                 let now = self.schema_versions().await?;
                 if now == expected {
                     Ok(expected)
@@ -252,6 +255,57 @@ mod tests {
             "{err}"
         );
         assert_eq!(versions(&conn).unwrap(), (0, 0));
+    }
+
+    /// Two members that both find the same updates missing propose the same script; the log
+    /// orders them, the first applies, and the second fails as a whole and changes nothing,
+    /// even when the update itself could run twice (`IF NOT EXISTS`): the `schemas` row of
+    /// each update is UNIQUE.
+    #[tokio::test]
+    async fn racing_proposals_of_the_same_updates_apply_once() {
+        use crate::db::raft::state_machine::StateMachine;
+        use openraft::storage::RaftStateMachine;
+        use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let external = vec![
+            "CREATE TABLE IF NOT EXISTS a (id INTEGER PRIMARY KEY)".to_string(),
+            "CREATE TABLE IF NOT EXISTS b (id INTEGER PRIMARY KEY)".to_string(),
+        ];
+        let internal = script(&pending((0, 0), &[]).unwrap(), 1_700_000_000);
+        let first = script(&pending((1, 0), &external).unwrap(), 1_700_000_000);
+        let second = script(&pending((1, 0), &external).unwrap(), 1_700_000_001);
+        let entry = |index: u64, sql: String| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Sql { sql }),
+        };
+        let results = sm
+            .apply(vec![entry(1, internal), entry(2, first), entry(3, second)])
+            .await
+            .unwrap();
+        assert!(
+            results[..2]
+                .iter()
+                .all(|r| matches!(r, CommandResult::Applied { .. })),
+            "{results:?}"
+        );
+        match &results[2] {
+            CommandResult::Failed { message } => {
+                assert!(message.contains("UNIQUE constraint failed"), "{message}")
+            }
+            other => panic!("the second proposal applied: {other:?}"),
+        }
+        let conn = Connection::open(dir.path().join("db.sqlite3")).unwrap();
+        assert_eq!(versions(&conn).unwrap(), (1, 2));
+        let updated: Vec<i64> = conn
+            .prepare("SELECT updated_at FROM schemas ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(updated, vec![1_700_000_000; 3]);
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl Tx<'_> {
 
 /// A SQLite error met by a statement of the caller: bad input, except lock contention, which
 /// is `Unavailable` (and makes the transaction run again holding the write lock from `BEGIN`).
-fn sql_error(err: rusqlite::Error) -> Error {
+pub(crate) fn sql_error(err: rusqlite::Error) -> Error {
     match err.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
             Error::unavailable(format!("Database is busy: {err}"))

@@ -1,7 +1,6 @@
 //! Bootstrap (SPEC §7.2): this member becomes the first voter of a new cluster.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::daemon::{Daemon, DatabaseState};
 use crate::db::ReadMode;
@@ -45,10 +44,10 @@ pub(super) async fn run(
         failure_domain: config.failure_domain,
     })
     .await?;
-    let deadline = Instant::now() + DEFAULT_TIMEOUT;
-    let (internal, external) = db
-        .apply_schema_updates(&daemon.schema_updates, deadline)
-        .await?;
+    // SPEC §7.2 step 5: no version checks at bootstrap.
+    let opening = daemon.opening(false);
+    db.bring_online(&opening, DEFAULT_TIMEOUT, |_| {}).await?;
+    let (internal, external) = (opening.own.internal, opening.own.external);
     let own = ClusterMember {
         name: config.name.clone(),
         address: config.address.clone(),

@@ -1,7 +1,6 @@
 //! Join, the joiner's side (SPEC §7.3 J1–J6, J10).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use hyper::Method;
 use serde_json::Value;
@@ -133,9 +132,12 @@ async fn complete(
         .await
         .map_err(|err| err.context("Failed to join Raft: "))?;
 
-    // J6 (the version check of SPEC §11.5 belongs to rolling upgrades).
-    db.apply_schema_updates(&daemon.schema_updates, Instant::now() + DEFAULT_TIMEOUT)
-        .await?;
+    // J6: the version check of SPEC §11.5 and the missing updates; a member behind fails
+    // here, and the join rolls back.
+    db.bring_online(&daemon.opening(true), DEFAULT_TIMEOUT, |behind| {
+        daemon.set_database_state(DatabaseState::Waiting { behind })
+    })
+    .await?;
     daemon.set_database_state(DatabaseState::Online);
 
     // J7–J9
@@ -194,7 +196,13 @@ async fn complete(
             }
         }
     });
-    for result in futures::future::join_all(calls).await {
+    // J8: wake members waiting for an upgrade (errors are only logged), and OnNewMember.
+    let (_, results) = futures::future::join(
+        daemon.announce_database_online(),
+        futures::future::join_all(calls),
+    )
+    .await;
+    for result in results {
         result?;
     }
     hooks.post_join(daemon.state(), init_config.clone()).await?;

@@ -43,6 +43,11 @@ struct Cli {
     /// Build a Raft snapshot (and purge the log behind it) every N entries.
     #[arg(long, default_value_t = RaftSettings::default().snapshot_every)]
     snapshot_every: u64,
+    /// Register one more external schema update (SQL), after the example's two; repeat for
+    /// several. For trying rolling upgrades: members started with it are one schema version
+    /// ahead of members started without it.
+    #[arg(long, value_name = "SQL")]
+    extra_schema_update: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -68,7 +73,9 @@ fn run(cli: Cli) -> microcluster::Result<()> {
             .to_vec(),
         schema_updates: microcluster_examples::SCHEMA_UPDATES
             .map(String::from)
-            .to_vec(),
+            .into_iter()
+            .chain(cli.extra_schema_update)
+            .collect(),
         raft: RaftSettings {
             snapshot_every: cli.snapshot_every,
             keep_after_snapshot: cli

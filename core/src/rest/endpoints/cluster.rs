@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::daemon::{Daemon, DatabaseState};
 use crate::db::ReadMode;
 use crate::db::tx::DEFAULT_TIMEOUT;
+use crate::db::upgrade;
 use crate::membership::heartbeat::{self, HeartbeatInfo};
 use crate::membership::{self, Removal, Removed, members, tokens};
 use crate::rest::access::Origin;
@@ -96,6 +97,18 @@ async fn get_members(daemon: Arc<Daemon>, _request: Request) -> Result<Response>
     let rows = db
         .transaction(ReadMode::Linearizable, DEFAULT_TIMEOUT, members::list)
         .await?;
+    if let DatabaseState::Waiting { .. } = state {
+        // SPEC §8.5: nothing is probed while the database waits for an upgrade.
+        let own = upgrade::CodeVersions::of(&daemon.schema_updates, &daemon.extensions);
+        let members: Vec<ClusterMember> = rows
+            .into_iter()
+            .map(|member| ClusterMember {
+                status: upgrade::waiting_status(&own, &member).to_string(),
+                ..member
+            })
+            .collect();
+        return Ok(Response::sync(json!(members)));
+    }
     let probes = rows.into_iter().map(|member| {
         let daemon = daemon.clone();
         async move {

@@ -4,6 +4,7 @@ mod certificates;
 mod cluster;
 mod control;
 mod daemon_config;
+mod database;
 mod hooks;
 mod raft;
 mod ready;
@@ -35,6 +36,7 @@ pub(crate) fn all() -> Vec<Endpoint> {
         cluster::raft_join(),
         cluster::truststore(),
         sql::endpoint(),
+        database::endpoint(),
         hooks::endpoint(),
     ];
     endpoints.extend(raft::endpoints());
