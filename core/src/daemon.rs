@@ -310,7 +310,10 @@ impl Daemon {
     /// only at bootstrap.
     pub(crate) fn opening(&self, check_versions: bool) -> Opening {
         Opening {
-            name: self.member_config().map(|member| member.name).unwrap_or_default(),
+            name: self
+                .member_config()
+                .map(|member| member.name)
+                .unwrap_or_default(),
             own: CodeVersions::of(&self.schema_updates, &self.extensions),
             schema_updates: self.schema_updates.clone(),
             patch_file: self.state_dir.patch_global_sql(),
@@ -537,6 +540,7 @@ impl Daemon {
         let task = tokio::spawn(server::serve_network(
             self.clone(),
             self.router.clone(),
+            None,
             listener,
             tls,
             self.member_token(),
@@ -624,6 +628,7 @@ impl Daemon {
         let task = tokio::spawn(server::serve_network(
             self.clone(),
             router.clone(),
+            Some(address.to_string()),
             listener,
             tls,
             stop.clone(),

@@ -376,7 +376,9 @@ fn router_action(action: &ExtensionAction) -> router::Action {
 fn endpoint_request(daemon: &crate::daemon::Daemon, request: router::Request) -> EndpointRequest {
     let caller = match &request.origin {
         Origin::ControlSocket => Caller::ControlSocket,
-        Origin::Network { client_certificate } => {
+        Origin::Network {
+            client_certificate, ..
+        } => {
             let fingerprint = client_certificate
                 .as_ref()
                 .map(|certificate| certs::fingerprint(certificate));

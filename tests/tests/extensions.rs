@@ -1,7 +1,15 @@
 //! Extension servers (SPEC §13): the example's `/1.0/extended` across real `microd`
 //! processes (SPEC §18 scenario 10), and the rules of §13.2–13.3 on in-process members.
 
-use microcluster_it::{Cluster, texts, wait_until};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+use microcluster::extensions::{
+    EndpointRequest, ExtensionAction, ExtensionEndpoint, ExtensionResource, ExtensionServer, Reply,
+};
+use microcluster::{App, Args, DaemonArgs, runtime};
+use microcluster_it::{Cluster, free_address, texts, wait_until};
 use serde_json::{Value, json};
 
 const HEARTBEAT: &[&str] = &["--heartbeat", "1s"];
@@ -300,4 +308,212 @@ fn cluster_certificate_rotation_keeps_the_cluster_working() {
     cluster.ctl_ok(0, &["cluster", "list", &cluster.addresses[1]]);
     // The greeting fans out over fresh member-to-member connections.
     assert_eq!(cluster.ctl_ok(1, &["extended"]).lines().count(), 2);
+}
+
+/// The servers of the in-process test: a core-API server (also on the control socket) with an
+/// open, a guarded and a pre-init endpoint, and a dedicated listener with its own certificate.
+fn in_process_servers(metrics_address: &str) -> Vec<ExtensionServer> {
+    let answer = |text: &'static str| {
+        ExtensionAction::new(
+            move |state: microcluster::State, request: EndpointRequest| async move {
+                Ok(Reply::Json(json!({
+                    "text": text,
+                    "member": state.name(),
+                    "trusted": request.trusted,
+                    "caller": request.to_json()["caller"],
+                })))
+            },
+        )
+    };
+    let guarded = answer("guarded").access_handler(|_, request: EndpointRequest| async move {
+        match request
+            .query
+            .iter()
+            .any(|(k, v)| k == "key" && v == "secret")
+        {
+            true => Ok(true),
+            false => Ok(false),
+        }
+    });
+    let failing = ExtensionAction::new(|_, _| async {
+        Err(microcluster::Error::not_found("no such widget"))
+    });
+    let core = ExtensionServer {
+        name: "ext.example.com".into(),
+        core_api: true,
+        serve_unix: true,
+        pre_init: true,
+        resources: vec![ExtensionResource {
+            path_prefix: "1.0".into(),
+            endpoints: vec![
+                ExtensionEndpoint::new("open", "open").get(answer("open").allow_untrusted()),
+                ExtensionEndpoint::new("guarded", "guarded").get(guarded),
+                ExtensionEndpoint::new("trusted", "trusted").get(answer("trusted")),
+                ExtensionEndpoint::new("failing", "widgets/{id}").get(failing),
+                ExtensionEndpoint {
+                    allowed_before_init: true,
+                    ..ExtensionEndpoint::new("pre", "pre").get(answer("pre"))
+                },
+            ],
+        }],
+        ..ExtensionServer::default()
+    };
+    let dedicated = ExtensionServer {
+        name: "metrics.example.com".into(),
+        address: metrics_address.into(),
+        dedicated_certificate: true,
+        resources: vec![ExtensionResource {
+            path_prefix: "metrics".into(),
+            endpoints: vec![ExtensionEndpoint::new("all", "").get(answer("metrics"))],
+        }],
+        ..ExtensionServer::default()
+    };
+    vec![core, dedicated]
+}
+
+#[test]
+fn extension_servers_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Arc::new(
+        App::new(Args {
+            state_dir: Some(dir.path().join("m1")),
+            ..Args::default()
+        })
+        .unwrap(),
+    );
+    let (address, metrics_address) = (free_address(), free_address());
+    let spawned = app.spawn(DaemonArgs {
+        version: "1.0".into(),
+        extension_servers: in_process_servers(&metrics_address),
+        ..DaemonArgs::default()
+    });
+    let state_dir = dir.path().join("m1");
+    runtime::block_on(async move {
+        spawned.ready(Some(Duration::from_secs(60))).await?;
+        let local = app.local_client();
+        let get = |client: microcluster::Client, path: &'static str| async move {
+            client.query::<Value>(Method::GET, path, None).await
+        };
+
+        // Before init: only the pre-init endpoint, and only on the control socket.
+        assert_eq!(get(local.clone(), "/1.0/pre").await?["text"], "pre");
+        let err = get(local.clone(), "/1.0/open").await.unwrap_err();
+        assert_eq!(
+            (err.http_status(), err.message()),
+            (503, "Database is not yet initialized")
+        );
+
+        app.new_cluster("m1", &address, Default::default()).await?;
+        let cluster_cert = std::fs::read_to_string(state_dir.join("cluster.crt")).unwrap();
+        let server = microcluster::certs::load_pair(
+            &state_dir.join("server.crt"),
+            &state_dir.join("server.key"),
+        )?;
+        let stranger = microcluster::certs::generate("stranger")?;
+        let member = microcluster::Client::remote(&address, &cluster_cert, Some(&server))?;
+        let untrusted = microcluster::Client::remote(&address, &cluster_cert, Some(&stranger))?;
+
+        // allow_untrusted lets strangers in; the default does not.
+        let open = get(untrusted.clone(), "/1.0/open").await?;
+        assert_eq!(
+            (open["text"].clone(), open["trusted"].clone()),
+            (json!("open"), json!(false))
+        );
+        assert_eq!(open["caller"]["kind"], "unknown");
+        let err = get(untrusted.clone(), "/1.0/trusted").await.unwrap_err();
+        assert_eq!((err.http_status(), err.message()), (403, "not authorized"));
+        let trusted = get(member.clone(), "/1.0/trusted").await?;
+        assert_eq!(trusted["caller"]["kind"], "member");
+        assert_eq!(trusted["caller"]["name"], "m1");
+        assert_eq!(
+            get(local.clone(), "/1.0/trusted").await?["caller"]["kind"],
+            "control_socket"
+        );
+
+        // The access handler runs after the trust decision.
+        let err = get(local.clone(), "/1.0/guarded").await.unwrap_err();
+        assert_eq!((err.http_status(), err.message()), (403, "not authorized"));
+        assert_eq!(
+            get(local.clone(), "/1.0/guarded?key=secret").await?["text"],
+            "guarded"
+        );
+
+        // A handler's error keeps its status; unknown paths are 404 and methods 501.
+        let err = get(local.clone(), "/1.0/widgets/7").await.unwrap_err();
+        assert_eq!((err.http_status(), err.message()), (404, "no such widget"));
+        let err = local
+            .query::<Value>(Method::POST, "/1.0/open", None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.http_status(), 501);
+
+        // The dedicated listener presents its own generated certificate and serves only its
+        // server's endpoints; trust follows its own address.
+        let metrics_cert =
+            std::fs::read_to_string(state_dir.join("certificates/metrics.example.com.crt"))
+                .unwrap();
+        let metrics = microcluster::Client::remote(&metrics_address, &metrics_cert, Some(&server))?;
+        let answer = get(metrics.clone(), "/metrics").await?;
+        assert_eq!(
+            (answer["text"].clone(), answer["trusted"].clone()),
+            (json!("metrics"), json!(true))
+        );
+        let err = get(metrics.clone(), "/1.0/open").await.unwrap_err();
+        assert_eq!(err.http_status(), 404);
+        let wrong_pin = microcluster::Client::remote(&metrics_address, &cluster_cert, None)?;
+        assert!(get(wrong_pin, "/metrics").await.is_err());
+
+        // Moving the listener through the daemon config: the old address stops answering.
+        let moved = free_address();
+        local
+            .query::<Value>(
+                Method::PUT,
+                "/core/1.0/daemon/servers",
+                Some(&json!({"metrics.example.com": {"address": moved}})),
+            )
+            .await?;
+        let metrics = microcluster::Client::remote(&moved, &metrics_cert, Some(&server))?;
+        assert_eq!(get(metrics, "/metrics").await?["text"], "metrics");
+        let old = microcluster::Client::remote(&metrics_address, &metrics_cert, Some(&server))?;
+        assert!(get(old, "/metrics").await.is_err());
+        let err = local
+            .query::<Value>(
+                Method::PUT,
+                "/core/1.0/daemon/servers",
+                Some(&json!({"metrics.example.com": {"address": address}})),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.message(),
+            format!("Address {address:?} is already in use")
+        );
+
+        spawned.stop().await
+    })
+    .unwrap();
+}
+
+#[test]
+fn invalid_extension_servers_fail_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Arc::new(
+        App::new(Args {
+            state_dir: Some(dir.path().join("m1")),
+            ..Args::default()
+        })
+        .unwrap(),
+    );
+    let mut servers = in_process_servers(&free_address());
+    servers[1].serve_unix = true;
+    let spawned = app.spawn(DaemonArgs {
+        version: "1.0".into(),
+        extension_servers: servers,
+        ..DaemonArgs::default()
+    });
+    let err = runtime::block_on(async move { spawned.finished().await }).unwrap_err();
+    assert_eq!(
+        err.message(),
+        "Cannot serve non-core API resources over the core unix socket"
+    );
 }

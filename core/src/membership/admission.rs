@@ -309,6 +309,12 @@ pub(crate) async fn raft_join(daemon: Arc<Daemon>, request: RaftJoinRequest) -> 
         members::set_role(tx, &name, role, &format_time(OffsetDateTime::now_utc()))
     })
     .await?;
+    // The joiner is alive now: until it answers its first heartbeat, a rebalance must not
+    // take it for an offline member and demote it.
+    daemon.record_seen(
+        &BTreeSet::from([request.name.clone()]),
+        std::time::Instant::now(),
+    );
     tracing::info!("{} joined Raft as {role}", request.name);
     Ok(role.to_string())
 }

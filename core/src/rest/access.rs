@@ -17,6 +17,9 @@ pub(crate) enum Origin {
     /// A network listener, with the client certificate presented during the TLS handshake.
     Network {
         client_certificate: Option<CertificateDer<'static>>,
+        /// The address of the dedicated extension listener the request came in on; `None` on
+        /// the core listener (whose address is the member's).
+        listener_address: Option<String>,
     },
 }
 
@@ -28,18 +31,26 @@ impl Origin {
 }
 
 /// Decides whether a request is trusted. `member_address` is this member's address (`None`
-/// before init), `host` the request's `Host` header.
+/// before init), `host` the request's `Host` header, which must name the listener the request
+/// came in on: the member address, or a dedicated listener's own address.
 pub(crate) fn is_trusted(
     origin: &Origin,
     host: Option<&str>,
     member_address: Option<&str>,
     truststore: &Truststore,
 ) -> bool {
-    let client_certificate = match origin {
+    let (client_certificate, listener_address) = match origin {
         Origin::ControlSocket => return true,
-        Origin::Network { client_certificate } => client_certificate,
+        Origin::Network {
+            client_certificate,
+            listener_address,
+        } => (
+            client_certificate,
+            listener_address.as_deref().or(member_address),
+        ),
     };
-    let (Some(certificate), Some(host), Some(address)) = (client_certificate, host, member_address)
+    let (Some(certificate), Some(host), Some(address)) =
+        (client_certificate, host, listener_address)
     else {
         return false;
     };

@@ -61,10 +61,12 @@ pub(crate) async fn serve_control_socket(
 }
 
 /// Serves `router` over HTTPS with `tls` on `listener` until `stop` is cancelled, then
-/// drains open connections.
+/// drains open connections. `listener_address` is the address of a dedicated extension
+/// listener (`None` for the core listener).
 pub(crate) async fn serve_network(
     daemon: Arc<Daemon>,
     router: Arc<Router>,
+    listener_address: Option<String>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     stop: CancellationToken,
@@ -87,6 +89,7 @@ pub(crate) async fn serve_network(
         let acceptor = acceptor.clone();
         let daemon = daemon.clone();
         let router = router.clone();
+        let listener_address = listener_address.clone();
         let graceful = graceful.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -116,7 +119,10 @@ pub(crate) async fn serve_network(
                 &router,
                 &graceful,
                 stream,
-                Origin::Network { client_certificate },
+                Origin::Network {
+                    client_certificate,
+                    listener_address,
+                },
             );
         });
     }

@@ -46,6 +46,7 @@ async fn delete_member(daemon: Arc<Daemon>, request: Request) -> Result<Response
     let caller_fingerprint = match &request.origin {
         Origin::Network {
             client_certificate: Some(certificate),
+            ..
         } => Some(crate::certs::fingerprint(certificate)),
         _ => None,
     };
