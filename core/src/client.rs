@@ -233,7 +233,7 @@ impl Client {
         // that was never sent on it is retried once on a fresh connection.
         let mut sender = match self.take_idle() {
             Some(sender) => sender,
-            None => self.connect().await?,
+            None => self.connect(false).await?,
         };
         let response = loop {
             match sender.try_send_request(request).await {
@@ -241,7 +241,7 @@ impl Client {
                 Err(mut failed) => match failed.take_message() {
                     Some(unsent) => {
                         request = unsent;
-                        sender = self.connect().await?;
+                        sender = self.connect(false).await?;
                     }
                     None => return Err(self.transport_error(failed.into_error())),
                 },
@@ -290,7 +290,8 @@ impl Client {
         ))
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
+    /// A new connection; with `upgrades` it can switch protocols (and is not pooled).
+    async fn connect(&self, upgrades: bool) -> Result<SendRequest<Full<Bytes>>> {
         let connect_error = |err: std::io::Error| {
             Error::unavailable(format!(
                 "Failed to connect to {}: {err}",
@@ -300,7 +301,7 @@ impl Client {
         match &self.inner.target {
             Target::Unix(path) => {
                 let stream = UnixStream::connect(path).await.map_err(connect_error)?;
-                self.handshake(stream).await
+                self.handshake(stream, upgrades).await
             }
             Target::Member {
                 socket_address,
@@ -317,12 +318,12 @@ impl Client {
                     .connect(server_name, tcp)
                     .await
                     .map_err(connect_error)?;
-                self.handshake(stream).await
+                self.handshake(stream, upgrades).await
             }
         }
     }
 
-    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<Full<Bytes>>>
+    async fn handshake<S>(&self, stream: S, upgrades: bool) -> Result<SendRequest<Full<Bytes>>>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -330,11 +331,109 @@ impl Client {
             .await
             .map_err(|err| self.transport_error(err))?;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let ended = match upgrades {
+                true => connection.with_upgrades().await,
+                false => connection.await,
+            };
+            if let Err(err) = ended {
                 tracing::debug!("Client connection ended with an error: {err}");
             }
         });
         Ok(sender)
+    }
+
+    /// Sends `GET path` with the WebSocket upgrade `headers` on a new connection and returns
+    /// the answer's headers and the upgraded connection; an error answer becomes an
+    /// [`Error`].
+    pub(crate) async fn upgrade(
+        &self,
+        path: &str,
+        headers: &hyper::HeaderMap,
+    ) -> Result<(hyper::HeaderMap, hyper::upgrade::Upgraded)> {
+        let open = async {
+            let mut sender = self.connect(true).await?;
+            let mut request = hyper::Request::builder()
+                .method(Method::GET)
+                .uri(path)
+                .header(HOST, self.inner.target.host());
+            if let Some(agent) = &self.inner.user_agent {
+                request = request.header(USER_AGENT, agent.clone());
+            }
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            let request = request
+                .body(Full::new(Bytes::new()))
+                .map_err(|err| Error::invalid(format!("Invalid request GET {path}: {err}")))?;
+            let mut response = sender
+                .send_request(request)
+                .await
+                .map_err(|err| self.transport_error(err))?;
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                let status = response.status();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|err| self.transport_error(err))?
+                    .to_bytes();
+                return decode::<Value>(status, &body).and_then(|_| {
+                    Err(Error::internal(format!(
+                        "{} answered the WebSocket request with HTTP {status}",
+                        self.inner.target.describe()
+                    )))
+                });
+            }
+            let headers = response.headers().clone();
+            let upgraded = hyper::upgrade::on(&mut response)
+                .await
+                .map_err(|err| self.transport_error(err))?;
+            Ok((headers, upgraded))
+        };
+        tokio::time::timeout(self.inner.timeout, open)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "Timed out after {:?} opening a WebSocket to {path} on {}",
+                        self.inner.timeout,
+                        self.inner.target.describe()
+                    ),
+                )
+            })?
+    }
+
+    /// Opens a WebSocket to `path` (SPEC §13.1: handlers may upgrade).
+    pub async fn websocket(&self, path: &str) -> Result<crate::extensions::WebSocket> {
+        use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+        let key = generate_key();
+        let mut headers = hyper::HeaderMap::new();
+        let header = |value: &str| {
+            HeaderValue::from_str(value)
+                .map_err(|err| Error::internal(format!("Invalid header value: {err}")))
+        };
+        headers.insert(hyper::header::CONNECTION, header("Upgrade")?);
+        headers.insert(hyper::header::UPGRADE, header("websocket")?);
+        headers.insert(hyper::header::SEC_WEBSOCKET_VERSION, header("13")?);
+        headers.insert(hyper::header::SEC_WEBSOCKET_KEY, header(&key)?);
+        let (answer, upgraded) = self.upgrade(path, &headers).await?;
+        let expected = derive_accept_key(key.as_bytes());
+        let accepted = answer
+            .get(hyper::header::SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|accept| accept.as_bytes() == expected.as_bytes());
+        if !accepted {
+            return Err(Error::internal(format!(
+                "{} answered the WebSocket handshake with a wrong Sec-WebSocket-Accept",
+                self.inner.target.describe()
+            )));
+        }
+        Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await)
     }
 }
 

@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use hyper::{HeaderMap, Method};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -24,14 +25,48 @@ use crate::hooks::{HookGate, State, run_blocking};
 use crate::rest::access::Origin;
 use crate::rest::envelope::Response;
 use crate::rest::router::{self, Endpoint, Router, Served};
+use crate::rest::websocket;
 use crate::{Error, Result, certs, validate};
 
+/// The WebSocket library the connections of [`Reply::WebSocket`] come from.
+pub use tokio_tungstenite::tungstenite;
+
+/// A WebSocket connection: with the caller in a handler ([`Reply::WebSocket`]), or with a
+/// member ([`crate::Client::websocket`]).
+pub type WebSocket = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Serves a WebSocket connection until it returns.
+pub type WebSocketHandler =
+    Box<dyn FnOnce(WebSocket) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 /// What an endpoint handler answers on success.
-#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Reply {
     /// The `metadata` of a sync envelope (SPEC §5.1).
     Json(Value),
+    /// Switch the request (which must be a WebSocket upgrade, else 400) to a WebSocket served
+    /// by the handler.
+    WebSocket(WebSocketHandler),
+}
+
+impl Reply {
+    /// A WebSocket served by `serve`.
+    pub fn websocket<F, Fut>(serve: F) -> Reply
+    where
+        F: FnOnce(WebSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Reply::WebSocket(Box::new(move |socket| Box::pin(serve(socket))))
+    }
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Json(value) => f.debug_tuple("Json").field(value).finish(),
+            Reply::WebSocket(_) => f.write_str("WebSocket"),
+        }
+    }
 }
 
 /// The future an endpoint handler returns.
@@ -359,11 +394,23 @@ fn router_action(action: &ExtensionAction) -> router::Action {
     router::Action {
         handler: router::handler(move |daemon, request| {
             let state = daemon.state();
+            let handshake = websocket::Handshake::of(&request);
             let request = endpoint_request(&daemon, request);
             let reply = handler(state, request);
             async move {
                 match reply.await? {
                     Reply::Json(metadata) => Ok(Response::sync(metadata)),
+                    Reply::WebSocket(serve) => {
+                        websocket::accept(handshake, |upgraded| async move {
+                            let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                                TokioIo::new(upgraded),
+                                tungstenite::protocol::Role::Server,
+                                None,
+                            )
+                            .await;
+                            serve(socket).await;
+                        })
+                    }
                 }
             }
         }),

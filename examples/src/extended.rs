@@ -1,7 +1,11 @@
 //! The example application's extension server `extended` (SPEC §16.1): `POST /1.0/extended`
 //! (also at `/1.0/extended/simple`) greets every other member and returns their answers.
 
+use futures::SinkExt;
 use hyper::Method;
+use microcluster::extensions::tungstenite::Message;
+use microcluster::extensions::tungstenite::protocol::CloseFrame;
+use microcluster::extensions::tungstenite::protocol::frame::coding::CloseCode;
 use microcluster::extensions::{
     EndpointRequest, ExtensionAction, ExtensionEndpoint, ExtensionServer, Reply,
 };
@@ -11,6 +15,9 @@ use serde_json::Value;
 
 /// The path of the greeting endpoint.
 pub const EXTENDED_PATH: &str = "/1.0/extended";
+
+/// The path of the WebSocket endpoint.
+pub const WEBSOCKET_PATH: &str = "/1.0/extended/websocket";
 
 /// The message every member sends to the others.
 const MESSAGE: &str = "Testing 1 2 3...";
@@ -22,13 +29,16 @@ struct Greeting {
     message: String,
 }
 
-/// The `extended` server: core API, also on the control socket, under `1.0`.
+/// The `extended` server: core API, also on the control socket, under `1.0`, with
+/// `POST /1.0/extended` and `GET /1.0/extended/websocket`.
 pub fn server() -> ExtensionServer {
     let greet = ExtensionAction::new(greet).allow_untrusted().proxy_target();
     let endpoint = ExtensionEndpoint::new("extended", "extended")
         .alias("extended/simple")
         .post(greet);
-    let mut server = ExtensionServer::core_api("extended", "1.0", vec![endpoint]);
+    let websocket = ExtensionEndpoint::new("websocket", "extended/websocket")
+        .get(ExtensionAction::new(websocket).proxy_target());
+    let mut server = ExtensionServer::core_api("extended", "1.0", vec![endpoint, websocket]);
     server.serve_unix = true;
     server
 }
@@ -61,4 +71,26 @@ async fn greet(state: State, request: EndpointRequest) -> Result<Reply> {
         text.push('\n');
     }
     Ok(Reply::Json(Value::String(text)))
+}
+
+/// Upgrades to a WebSocket, sends `<own name>: websocket message 1` to `3` and closes
+/// normally.
+async fn websocket(state: State, _request: EndpointRequest) -> Result<Reply> {
+    let name = state.name();
+    Ok(Reply::websocket(move |mut socket| async move {
+        for i in 1..=3 {
+            let message = Message::text(format!("{name}: websocket message {i}"));
+            if let Err(err) = socket.send(message).await {
+                tracing::warn!("Failed to send a WebSocket message: {err}");
+                return;
+            }
+        }
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        if let Err(err) = socket.close(Some(close)).await {
+            tracing::warn!("Failed to close the WebSocket: {err}");
+        }
+    }))
 }

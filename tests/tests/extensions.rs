@@ -48,6 +48,36 @@ fn extended_endpoints() {
     let expected: Vec<String> = [0, 2, 3].iter().map(|&j| greeting(&a[j], &a[1])).collect();
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
 
+    // 10.3: WebSockets, served locally and relayed to the target.
+    let messages = |name: &str| -> Vec<String> {
+        (1..=3)
+            .map(|i| format!("{name}: websocket message {i}"))
+            .collect()
+    };
+    let out = cluster.ctl_ok(0, &["extended", "websocket"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), messages("c1"));
+    for k in 1..=4 {
+        let target = format!("c{k}");
+        let out = cluster.ctl_ok(0, &["extended", "websocket", "--target", &target]);
+        assert_eq!(out.lines().collect::<Vec<_>>(), messages(&target));
+    }
+    let out = cluster.ctl_ok(0, &["extended", "websocket", &a[2]]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), messages("c3"));
+    // A plain request to the WebSocket endpoint is refused.
+    let err = request(&cluster, 0, "GET", "/1.0/extended/websocket", None).unwrap_err();
+    assert_eq!(
+        (err.http_status(), err.message()),
+        (400, "Expected a WebSocket upgrade request")
+    );
+    let out = cluster.ctl(0, &["extended", "websocket", "--target", "nonexist"]);
+    assert!(
+        texts(&out)
+            .1
+            .contains("Failed to get cluster member for request target name \"nonexist\""),
+        "{:?}",
+        texts(&out)
+    );
+
     // 10.4: an unknown target.
     let out = cluster.ctl(0, &["extended", "simple", "--target", "nonexist"]);
     assert!(!out.status.success());

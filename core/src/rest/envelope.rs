@@ -27,6 +27,11 @@ pub(crate) enum Payload {
     Json(Value),
     /// Raw bytes, sent as `application/octet-stream` without an envelope (SPEC §5.9).
     Binary(Bytes),
+    /// `101 Switching Protocols` to a WebSocket, with its `Sec-WebSocket-Accept` value.
+    WebSocket {
+        /// The `Sec-WebSocket-Accept` header.
+        accept: String,
+    },
 }
 
 impl Response {
@@ -42,6 +47,14 @@ impl Response {
     pub fn binary(bytes: impl Into<Bytes>) -> Response {
         Response {
             payload: Payload::Binary(bytes.into()),
+            on_sent: None,
+        }
+    }
+
+    /// The switch to a WebSocket whose handshake answer is `accept`.
+    pub fn websocket(accept: String) -> Response {
+        Response {
+            payload: Payload::WebSocket { accept },
             on_sent: None,
         }
     }
@@ -127,6 +140,7 @@ pub(crate) fn sync(response: Response) -> hyper::Response<ResponseBody> {
         Payload::Binary(bytes) => {
             return bytes_response(200, BINARY_CONTENT_TYPE, bytes, response.on_sent);
         }
+        Payload::WebSocket { accept } => return switching_protocols(&accept),
     };
     let body = json!({
         "type": "sync",
@@ -138,6 +152,28 @@ pub(crate) fn sync(response: Response) -> hyper::Response<ResponseBody> {
         "metadata": metadata,
     });
     json_response(200, &body, response.on_sent)
+}
+
+/// `101 Switching Protocols` to a WebSocket.
+fn switching_protocols(accept: &str) -> hyper::Response<ResponseBody> {
+    let mut response = hyper::Response::new(ResponseBody {
+        inner: Full::new(Bytes::new()),
+        on_drop: None,
+    });
+    *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::UPGRADE,
+        HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(accept) = HeaderValue::from_str(accept) {
+        headers.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
 }
 
 /// The content type of raw binary bodies.

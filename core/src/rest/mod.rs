@@ -8,6 +8,7 @@ pub(crate) mod proxy;
 pub(crate) mod router;
 pub(crate) mod server;
 pub(crate) mod tls;
+pub(crate) mod websocket;
 
 #[cfg(test)]
 mod tests;

@@ -52,6 +52,24 @@ pub(crate) struct Request {
     pub origin: Origin,
     /// The trust decision of SPEC §4.
     pub trusted: bool,
+    /// The connection's protocol upgrade, for handlers that switch to a WebSocket.
+    pub upgrade: UpgradeSlot,
+}
+
+/// A request's pending protocol upgrade, taken by at most one handler.
+#[derive(Clone, Default)]
+pub(crate) struct UpgradeSlot(Arc<std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+
+impl UpgradeSlot {
+    /// A slot holding `upgrade`.
+    pub fn new(upgrade: Option<hyper::upgrade::OnUpgrade>) -> UpgradeSlot {
+        UpgradeSlot(Arc::new(std::sync::Mutex::new(upgrade)))
+    }
+
+    /// The upgrade, unless it was taken already.
+    pub fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 impl Request {
@@ -60,6 +78,16 @@ impl Request {
         self.headers
             .get(hyper::header::USER_AGENT)
             .is_some_and(|agent| agent == crate::client::NOTIFIER_USER_AGENT)
+    }
+
+    /// The `Sec-WebSocket-Key` of a WebSocket upgrade request; `None` for other requests.
+    pub fn websocket_key(&self) -> Option<String> {
+        let upgrade = self.headers.get(hyper::header::UPGRADE)?.to_str().ok()?;
+        if !upgrade.eq_ignore_ascii_case("websocket") {
+            return None;
+        }
+        let key = self.headers.get(hyper::header::SEC_WEBSOCKET_KEY)?;
+        key.to_str().ok().map(String::from)
     }
 
     /// The value of the query parameter `key`, if present.

@@ -12,17 +12,17 @@ use hyper::header::{CONTENT_LENGTH, HOST};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::access::{self, Origin};
 use super::envelope::{self, Response, ResponseBody};
 use super::proxy;
-use super::router::{Request, Router};
+use super::router::{Request, Router, UpgradeSlot};
 use crate::daemon::Daemon;
 use crate::{Error, ErrorKind, Result};
 
@@ -41,14 +41,14 @@ pub(crate) async fn serve_control_socket(
     listener: UnixListener,
     stop: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let router = daemon.router.clone();
-                    serve_connection(&daemon, &router, &graceful, stream, Origin::ControlSocket)
+                    serve_connection(&daemon, &router, &connections, &stop, stream, Origin::ControlSocket)
                 }
                 Err(err) => {
                     tracing::warn!("Failed to accept on the control socket: {err}");
@@ -57,7 +57,7 @@ pub(crate) async fn serve_control_socket(
             },
         }
     }
-    drain(graceful).await;
+    drain(connections).await;
 }
 
 /// Serves `router` over HTTPS with `tls` on `listener` until `stop` is cancelled, then
@@ -72,7 +72,7 @@ pub(crate) async fn serve_network(
     stop: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = Arc::new(GracefulShutdown::new());
+    let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -90,7 +90,7 @@ pub(crate) async fn serve_network(
         let daemon = daemon.clone();
         let router = router.clone();
         let listener_address = listener_address.clone();
-        let graceful = graceful.clone();
+        let connections = connections.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
@@ -117,7 +117,8 @@ pub(crate) async fn serve_network(
             serve_connection(
                 &daemon,
                 &router,
-                &graceful,
+                &connections,
+                &stop,
                 stream,
                 Origin::Network {
                     client_certificate,
@@ -128,14 +129,14 @@ pub(crate) async fn serve_network(
     }
     // Free the address at once, so that a restarted listener can bind it.
     drop(listener);
-    match Arc::try_unwrap(graceful) {
-        Ok(graceful) => drain(graceful).await,
-        Err(_) => tracing::debug!("Handshakes still in flight while a network listener stops"),
-    }
+    drain(connections).await;
 }
 
-async fn drain(graceful: GracefulShutdown) {
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+/// Waits for the open connections of a stopped listener to finish their requests, at most
+/// [`DRAIN_TIMEOUT`]; the rest are dropped.
+async fn drain(connections: TaskTracker) {
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
         .await
         .is_err()
     {
@@ -146,7 +147,8 @@ async fn drain(graceful: GracefulShutdown) {
 fn serve_connection<S>(
     daemon: &Arc<Daemon>,
     router: &Arc<Router>,
-    graceful: &GracefulShutdown,
+    connections: &TaskTracker,
+    stop: &CancellationToken,
     stream: S,
     origin: Origin,
 ) where
@@ -160,10 +162,21 @@ fn serve_connection<S>(
         let origin = origin.clone();
         async move { Ok::<_, Infallible>(handle(daemon, &router, origin, request).await) }
     });
-    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
+    let connection = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let stop = stop.clone();
+    connections.spawn(async move {
+        let mut connection = std::pin::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            _ = stop.cancelled() => {
+                // Finish the request in progress, then close.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(err) = ended {
             tracing::debug!("Connection ended with an error: {err}");
         }
     });
@@ -194,7 +207,8 @@ async fn process(
     origin: Origin,
     request: hyper::Request<Incoming>,
 ) -> Result<Response> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let upgrade = UpgradeSlot::new(parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     let (endpoint, vars) = router
         .find(&origin, parts.uri.path())
         .ok_or_else(|| Error::not_found("not found"))?;
@@ -263,6 +277,7 @@ async fn process(
         raw,
         origin,
         trusted,
+        upgrade,
     };
     if let Some(access) = &action.access
         && !access(daemon.clone(), request.clone()).await?

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use futures::StreamExt;
 use hyper::Method;
 use microcluster::membership::local::LocalMember;
 use microcluster::{App, Args, Client, Error};
-use microcluster_examples::extended::EXTENDED_PATH;
+use microcluster_examples::extended::{EXTENDED_PATH, WEBSOCKET_PATH};
 use microcluster_examples::output::{self, ClusterMember, Format, SqlBatch, TokenRecord};
 use microcluster_examples::{
     cluster_remove_path, exit_code, init_logging, parse_args, parse_config, parse_expire_after,
@@ -103,6 +104,8 @@ enum Command {
 enum ExtendedKind {
     /// `POST /1.0/extended`.
     Simple,
+    /// `GET /1.0/extended/websocket`: prints each message on its own line.
+    Websocket,
 }
 
 #[derive(Subcommand)]
@@ -252,7 +255,7 @@ async fn run(state_dir: Option<PathBuf>, command: Command) -> microcluster::Resu
         }
         Command::Shutdown => app.stop().await?,
         Command::Extended {
-            kind: ExtendedKind::Simple,
+            kind,
             address,
             target,
         } => {
@@ -260,15 +263,50 @@ async fn run(state_dir: Option<PathBuf>, command: Command) -> microcluster::Resu
                 Some(address) => app.remote_client(&address, None)?,
                 None => client,
             };
-            let path = match target {
-                Some(target) => format!("{EXTENDED_PATH}?target={}", percent_encode(&target)),
-                None => EXTENDED_PATH.to_string(),
+            let path = match kind {
+                ExtendedKind::Simple => EXTENDED_PATH,
+                ExtendedKind::Websocket => WEBSOCKET_PATH,
             };
-            let text: String = client.query(Method::POST, &path, None).await?;
-            print!("{text}");
+            let path = match target {
+                Some(target) => format!("{path}?target={}", percent_encode(&target)),
+                None => path.to_string(),
+            };
+            match kind {
+                ExtendedKind::Simple => {
+                    let text: String = client.query(Method::POST, &path, None).await?;
+                    print!("{text}");
+                }
+                ExtendedKind::Websocket => print_websocket(&client, &path).await?,
+            }
         }
     }
     Ok(())
+}
+
+/// Prints each text message of the WebSocket at `path` on its own line, until a normal close.
+async fn print_websocket(client: &Client, path: &str) -> microcluster::Result<()> {
+    use microcluster::extensions::tungstenite::Message;
+    use microcluster::extensions::tungstenite::protocol::frame::coding::CloseCode;
+    let mut socket = client.websocket(path).await?;
+    while let Some(message) = socket.next().await {
+        match message {
+            Ok(Message::Text(text)) => println!("{text}"),
+            Ok(Message::Close(frame)) => {
+                return match frame {
+                    Some(frame) if frame.code != CloseCode::Normal => {
+                        Err(Error::internal(format!(
+                            "The WebSocket was closed with {}: {}",
+                            frame.code, frame.reason
+                        )))
+                    }
+                    _ => Ok(()),
+                };
+            }
+            Ok(_) => {}
+            Err(err) => return Err(Error::internal(format!("WebSocket error: {err}"))),
+        }
+    }
+    Err(Error::internal("The WebSocket ended without a close"))
 }
 
 async fn tokens(client: &Client, command: TokensCommand) -> microcluster::Result<()> {
