@@ -130,6 +130,8 @@ pub(crate) struct Daemon {
     database: RwLock<DatabaseState>,
     phase: watch::Sender<Phase>,
     shutdown_started: AtomicBool,
+    /// Whether `$SCHEMA_UPDATE` was scheduled already (SPEC §8.3; once per daemon).
+    pub schema_update_scheduled: AtomicBool,
     /// Cancelled to stop the network listeners and background tasks (not the control socket).
     services: CancellationToken,
     service_tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -704,7 +706,7 @@ impl Daemon {
     }
 
     /// The token that stops the member-scoped services.
-    fn member_token(&self) -> CancellationToken {
+    pub(crate) fn member_token(&self) -> CancellationToken {
         self.member_services
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -975,6 +977,7 @@ async fn serve(
         database: RwLock::new(database),
         phase: watch::Sender::new(Phase::Starting),
         shutdown_started: AtomicBool::new(false),
+        schema_update_scheduled: AtomicBool::new(false),
         services: services.clone(),
         service_tasks: Mutex::new(Vec::new()),
         member_services: Mutex::new((services.child_token(), Vec::new())),

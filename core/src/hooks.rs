@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::certs::{self, CertKeyPair};
 use crate::client::Client;
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, DatabaseState};
 use crate::db::{ReadMode, Tx, tx};
 use crate::member_config::MemberConfig;
 use crate::types::{ClusterMember, ClusterMemberLocal};
@@ -199,8 +199,15 @@ impl State {
         T: Send + 'static,
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
-        // SPEC §11.1: only on a database that is online (or waiting for an upgrade).
-        let database = self.daemon.online_database().map_err(|err| {
+        // SPEC §11.1: only on a database that is online or waiting for an upgrade.
+        let state = self.daemon.database_state();
+        if !matches!(state, DatabaseState::Online | DatabaseState::Waiting { .. }) {
+            return Err(Error::unavailable(format!(
+                "Database is not ready yet: {}",
+                state.text()
+            )));
+        }
+        let database = self.daemon.database().map_err(|err| {
             Error::unavailable(format!("Database is not ready yet: {}", err.message()))
         })?;
         database.transaction(mode, timeout, f).await

@@ -341,8 +341,18 @@ pub(crate) async fn change_membership(
     Ok(())
 }
 
-/// A receiver's side of a heartbeat: its truststore becomes exactly the members listed.
+/// The environment variable naming the executable a member runs when the cluster has other
+/// schema versions than its own (SPEC §8.3).
+const SCHEMA_UPDATE_ENV: &str = "SCHEMA_UPDATE";
+
+/// The longest random delay before `$SCHEMA_UPDATE` runs, so members do not all update at
+/// once.
+const SCHEMA_UPDATE_MAX_DELAY_MS: u32 = 30_000;
+
+/// A receiver's side of a heartbeat: its truststore becomes exactly the members listed, and
+/// a member whose versions differ from the cluster's highest runs `$SCHEMA_UPDATE`.
 pub(crate) fn receive(daemon: &Daemon, info: &HeartbeatInfo) -> Result<()> {
+    schedule_schema_update(daemon, info);
     let remotes: Vec<Remote> = info
         .cluster_members
         .values()
@@ -386,4 +396,49 @@ pub(crate) async fn repair_truststore(daemon: &Daemon, db: &Arc<Database>) -> Re
         }
     }
     daemon.truststore.replace_all(remotes)
+}
+
+/// Runs `$SCHEMA_UPDATE` (if set) once, after a random delay of up to 30 s, when this
+/// member's row has other schema versions than the highest of the heartbeat.
+fn schedule_schema_update(daemon: &Daemon, info: &HeartbeatInfo) {
+    let Some(program) = std::env::var_os(SCHEMA_UPDATE_ENV).filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let own = daemon.member_address().unwrap_or_default();
+    let Some(row) = info.cluster_members.get(&own) else {
+        return;
+    };
+    let versions = (row.schema_internal_version, row.schema_external_version);
+    if versions == (info.max_schema_internal, info.max_schema_external)
+        || daemon
+            .schema_update_scheduled
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        return;
+    }
+    let mut random = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    let delay = Duration::from_millis(u64::from(
+        u32::from_le_bytes(random) % SCHEMA_UPDATE_MAX_DELAY_MS,
+    ));
+    tracing::info!(
+        "Schema versions {versions:?} differ from the cluster's ({}, {}); running {program:?} in {delay:?}",
+        info.max_schema_internal,
+        info.max_schema_external
+    );
+    let stop = daemon.member_token();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let shown = program.clone();
+        let ran = tokio::task::spawn_blocking(move || std::process::Command::new(program).status());
+        match ran.await {
+            Ok(Ok(status)) if status.success() => tracing::info!("{shown:?} finished"),
+            Ok(Ok(status)) => tracing::warn!("{shown:?} failed: {status}"),
+            Ok(Err(err)) => tracing::warn!("Failed to run {shown:?}: {err}"),
+            Err(err) => tracing::warn!("Failed to run {shown:?}: {err}"),
+        }
+    });
 }
