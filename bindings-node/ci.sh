@@ -6,3 +6,5 @@ cd "$(dirname "$0")"
 npm ci --no-audit --no-fund
 npm run build
 npm test
+# The example daemon: two mcd.mjs processes, the extension endpoint across them.
+../examples/node/smoke.sh

@@ -94,6 +94,86 @@ export interface Hooks {
   onReset?: Hook<{ reason: string }>
 }
 
+/** A request to an extension endpoint, as its handler gets it. */
+export interface EndpointRequest {
+  /** The member's state (`state.transaction`, `state.clusterMembers`). */
+  state: State
+  /** The HTTP method, upper case. */
+  method: string
+  /** The request path, without the query. */
+  path: string
+  /** The values of the `{var}` segments of the endpoint's path. */
+  vars: Record<string, string>
+  /** The decoded query parameters, in order, as `[key, value]` pairs. */
+  query: Array<[string, string]>
+  /** The JSON body (`null` without one). */
+  body: unknown
+  /** Whether the caller is trusted (the control socket or a cluster member). */
+  trusted: boolean
+  /** Whether another member sends this as a cluster notification (do not fan out again). */
+  notification: boolean
+  /** `{ kind: 'control_socket' }`, `{ kind: 'member', name, fingerprint }` or `{ kind: 'unknown', fingerprint }`. */
+  caller: { kind: 'control_socket' | 'member' | 'unknown', name?: string, fingerprint?: string | null }
+}
+
+/**
+ * An endpoint handler: resolves with the JSON-able response `metadata` (`undefined`: `null`).
+ * It runs on the event loop; the request waits for its Promise. Throwing (or rejecting) with an
+ * error that has a numeric `status` (400–599) answers with that status, one with a `code`
+ * naming an error kind (`'MC_NOT_FOUND'` or `'NOT_FOUND'`, …) with that kind's status, any
+ * other with 500; the caller gets the error's `message`.
+ */
+export type EndpointHandler = (request: EndpointRequest) => unknown | Promise<unknown>
+
+/** A handler with its own flags, for one method of an {@link Endpoint}. */
+export interface EndpointAction {
+  handler: EndpointHandler
+  /** Lets callers that are not cluster members through (default: the endpoint's). */
+  allowUntrusted?: boolean
+  /** Forwards `?target=<member>` requests to that member over mTLS (default: the endpoint's). */
+  proxyTarget?: boolean
+}
+
+/** A REST resource of an {@link ExtensionServer}. */
+export interface Endpoint {
+  /** Relative to the server's `pathPrefix`; a `{var}` segment matches one segment. */
+  path: string
+  /** `GET`, `PUT`, `POST`, `DELETE` or `PATCH` to a handler or an action. */
+  methods: Record<string, EndpointHandler | EndpointAction>
+  /** Identifies the endpoint in errors (default: the path); unique in its server. */
+  name?: string
+  /** Default for the methods given as plain handlers. */
+  allowUntrusted?: boolean
+  /** Default for the methods given as plain handlers. */
+  proxyTarget?: boolean
+  /** Further paths serving the same methods. */
+  aliases?: string[]
+  /** Served while the database is not online. */
+  allowedBeforeInit?: boolean
+  /** Served while the daemon shuts down. */
+  allowedDuringShutdown?: boolean
+}
+
+/**
+ * An extension server (SPEC §13): `endpoints` under `/<pathPrefix>/`. With `coreApi` (the
+ * default) they are served on the member's listener with the cluster certificate, and with
+ * `serveUnix` also on its control socket (what `App.query` talks to); `preInit` (with both)
+ * serves them there before init. Without `coreApi` the server listens on `address` (with its
+ * own certificate if `dedicatedCertificate`).
+ */
+export interface ExtensionServer {
+  /** An FQDN, not `core`. */
+  name: string
+  endpoints: Endpoint[]
+  /** Default `'1.0'`. */
+  pathPrefix?: string
+  coreApi?: boolean
+  serveUnix?: boolean
+  preInit?: boolean
+  address?: string
+  dedicatedCertificate?: boolean
+}
+
 /** Options of {@link App.start}. */
 export interface StartOptions {
   /** The application version, reported by `GET /core/1.0`. */
@@ -106,6 +186,8 @@ export interface StartOptions {
   apiExtensions?: string[]
   /** Interval between heartbeat rounds in ms (default 10 s). */
   heartbeatMs?: number
+  /** The application's REST servers; a malformed one rejects with `MC_INVALID_ARGUMENT`. */
+  extensionServers?: ExtensionServer[]
 }
 
 /** The member's status (`GET /core/1.0`). */
@@ -163,6 +245,13 @@ export declare class App {
   removeClusterMember(name: string, options?: { force?: boolean, address?: string }): Promise<void>
   /** Runs `query` through the SQL API: `{ Results: [...] }`. */
   sql(query: string): Promise<{ Results: unknown[] }>
+  /**
+   * Sends `method path` (e.g. `'GET'`, `'/1.0/hello?target=m2'`) with the JSON `body` to the
+   * member's control socket and resolves with the answer's `metadata`: extension endpoints
+   * served there (`serveUnix`) and the REST API alike. An error answer rejects with the code
+   * of its status (`MC_NOT_FOUND` for 404, …).
+   */
+  query(method: string, path: string, body?: unknown): Promise<unknown>
   /**
    * Runs `fn(tx)` as a serializable transaction on the replicated database (linearizable
    * reads) and resolves with what the committed run returned. `fn` may run more than once.

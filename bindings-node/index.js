@@ -51,6 +51,77 @@ class State {
   async transaction (fn) { return transact((f) => this.#native.transaction(f), fn) }
 }
 
+const METHOD_FLAGS = ['allowUntrusted', 'proxyTarget']
+
+/** `value` as plain JSON (what `JSON.stringify` keeps; `undefined` becomes `null`). */
+function plainJson (value) {
+  return value === undefined ? null : JSON.parse(JSON.stringify(value))
+}
+
+/**
+ * Core's JSON description of `servers` (ServerSpec list) and the one dispatcher that answers
+ * every endpoint: it calls the handler of (server, endpoint, method) with the request and
+ * resolves with `{ ok }` or `{ error: { message, status, code } }` (never rejects).
+ */
+function compileServers (servers) {
+  if (!Array.isArray(servers)) throw new TypeError('extensionServers must be an array')
+  const handlers = new Map()
+  const key = (server, endpoint, method) => JSON.stringify([server, endpoint, method])
+  const specs = servers.map((server) => {
+    const endpoints = (server.endpoints || []).map((endpoint) => {
+      const name = endpoint.name || endpoint.path
+      const methods = {}
+      for (const [method, action] of Object.entries(endpoint.methods || {})) {
+        const { handler, ...flags } = typeof action === 'function' ? { handler: action } : action
+        if (typeof handler !== 'function') {
+          throw new TypeError(`The ${method} handler of endpoint ${name} must be a function`)
+        }
+        const upper = method.toUpperCase()
+        methods[upper] = {
+          allow_untrusted: Boolean(flags.allowUntrusted ?? endpoint.allowUntrusted),
+          proxy_target: Boolean(flags.proxyTarget ?? endpoint.proxyTarget),
+        }
+        for (const flag of Object.keys(flags)) {
+          if (!METHOD_FLAGS.includes(flag)) throw new TypeError(`Unknown option ${flag} of the ${method} handler of endpoint ${name}`)
+        }
+        handlers.set(key(server.name, name, upper), handler)
+      }
+      return {
+        name,
+        path: endpoint.path,
+        aliases: endpoint.aliases || [],
+        allowed_before_init: Boolean(endpoint.allowedBeforeInit),
+        allowed_during_shutdown: Boolean(endpoint.allowedDuringShutdown),
+        methods,
+      }
+    })
+    return {
+      name: server.name,
+      address: server.address || '',
+      core_api: server.coreApi ?? true,
+      pre_init: Boolean(server.preInit),
+      serve_unix: Boolean(server.serveUnix),
+      dedicated_certificate: Boolean(server.dedicatedCertificate),
+      resources: [{ path_prefix: server.pathPrefix ?? '1.0', endpoints }],
+    }
+  })
+  const dispatch = async (nativeState, server, endpoint, request) => {
+    try {
+      const handler = handlers.get(key(server, endpoint, request.method))
+      if (handler === undefined) {
+        throw Object.assign(new Error(`No ${request.method} handler for endpoint ${endpoint}`), { code: 'MC_NOT_FOUND' })
+      }
+      return { ok: plainJson(await handler({ ...request, state: new State(nativeState) })) }
+    } catch (err) {
+      const error = { message: String(err instanceof Error ? err.message : err) }
+      if (typeof err?.status === 'number') error.status = err.status
+      if (typeof err?.code === 'string') error.code = err.code
+      return { error }
+    }
+  }
+  return { specs: JSON.stringify(specs), dispatch }
+}
+
 class App {
   #native
   constructor (options) {
@@ -69,12 +140,15 @@ class App {
       if (typeof hook !== 'function') throw new TypeError(`hooks.${name} must be a function`)
       hooks[name] = asAsync((state, args) => hook(new State(state), args))
     }
+    const servers = options.extensionServers && compileServers(options.extensionServers)
     return this.#native.start({
       version: options.version,
       hooks,
       schemaUpdates: options.schemaUpdates,
       apiExtensions: options.apiExtensions,
       heartbeatMs: options.heartbeatMs,
+      extensionServers: servers && servers.specs,
+      endpointHandler: servers && servers.dispatch,
     })
   }
 
@@ -96,6 +170,7 @@ class App {
   }
 
   async sql (query) { return this.#native.sql(query) }
+  async query (method, path, body) { return this.#native.query(method, path, body === undefined ? undefined : plainJson(body)) }
   async transaction (fn) { return transact((f) => this.#native.transaction(f), fn) }
   async [Symbol.asyncDispose] () { return this.stop() }
 }

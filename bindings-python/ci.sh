@@ -20,3 +20,5 @@ VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$target" \
     "$venv/bin/maturin" develop --locked --quiet
 "$venv/bin/python" -m pytest -q tests
 "$venv/bin/python" -m mypy.stubtest microcluster
+# The example daemon: two mcd.py processes, the extension endpoint across them.
+PYTHON="$venv/bin/python" "$root/examples/python/smoke.sh"

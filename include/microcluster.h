@@ -9,7 +9,8 @@
  *   or the address of an `mc_error *` set to NULL, which receives an error (code + message) on
  *   failure; free it with mc_error_free.
  * - Strings in are NUL-terminated UTF-8 and copied. Strings out are owned by the caller and
- *   freed with mc_string_free (never free()). Structured results are JSON strings.
+ *   freed with mc_string_free (never free()). Structured results are JSON strings. A string a
+ *   callback hands to the library (an endpoint's response) is made with mc_string_new.
  * - A NULL required argument gives MC_ERR_NULL_ARGUMENT, invalid UTF-8 MC_ERR_INVALID_UTF8, bad
  *   JSON MC_ERR_INVALID_ARGUMENT; a panic inside the library gives MC_ERR_PANIC, never an abort.
  * - Freed handles cannot be detected: after mc_app_free / mc_error_free / mc_string_free, do
@@ -19,11 +20,12 @@
  * - The library runs one internal runtime per process (2 worker threads plus a pool for
  *   blocking work), started on first use. Do not fork() after it started.
  * - An mc_app may be used from several threads at once.
- * - Callbacks (hooks, transaction functions) run on library threads, never on the caller's,
- *   and may run concurrently; their userdata must be usable from any thread. A blocking
- *   mc_app_* function called from a callback returns MC_ERR_WOULD_BLOCK instead of
- *   deadlocking. Once mc_app_stop / mc_app_wait / mc_app_free returns, no hook of that daemon
- *   runs any more and its userdata may be freed.
+ * - Callbacks (hooks, endpoint handlers, transaction functions) run on library threads, never
+ *   on the caller's, and may run concurrently; their userdata must be usable from any thread.
+ *   A blocking mc_app_* function called from a callback returns MC_ERR_WOULD_BLOCK instead of
+ *   deadlocking; hooks and endpoint handlers run transactions with mc_state_transaction. Once
+ *   mc_app_stop / mc_app_wait / mc_app_free returns, no hook or handler of that daemon runs
+ *   any more and its userdata may be freed.
  * - A C++ exception or longjmp must never leave a callback.
  */
 
@@ -134,7 +136,7 @@ typedef struct mc_app mc_app;
 typedef struct mc_error mc_error;
 
 /**
- * What a hook can see of its member. Valid only during the hook call.
+ * What a hook or endpoint handler can see of its member. Valid only during the call.
  */
 typedef struct mc_state mc_state;
 
@@ -153,6 +155,33 @@ typedef int (*mc_hook_fn)(void *userdata,
                           const struct mc_state *state,
                           const char *args_json,
                           struct mc_error **err);
+
+/**
+ * The handler of the application's extension endpoints (SPEC §13), one function for all of
+ * them: `server` and `endpoint` are the `name`s given in `"extension_servers"` (see
+ * `mc_app_start`), and `request_json` is the request as a JSON object: `{"method", "path",
+ * "vars": {name: value}, "query": [[key, value], …], "body": JSON or null, "trusted": bool,
+ * "notification": bool, "caller": {"kind": "control_socket" | "member" | "unknown", …}}`.
+ * `state`, `server`, `endpoint` and `request_json` are valid only during the call.
+ *
+ * Return 0 to answer 200 with `*response_json` as the response's `metadata`: a JSON text the
+ * handler allocates with `mc_string_new` (the library takes and frees it; leave it NULL to
+ * answer `null`). Return non-zero to answer with the error stored by `mc_error_set(err, code,
+ * message)`: its code gives the HTTP status (`MC_ERR_NOT_FOUND` 404, `MC_ERR_INVALID_ARGUMENT`
+ * 400, `MC_ERR_FORBIDDEN` 403, …) and the message reaches the caller; without one it is 500.
+ * A `*response_json` left set on failure is freed by the library.
+ *
+ * Runs like a hook (see `mc_hooks`): on a library thread for blocking work, possibly
+ * concurrently with other requests, never after `mc_app_stop`/`mc_app_wait`/`mc_app_free` has
+ * returned. It may block, and may run transactions with `mc_state_transaction`.
+ */
+typedef int (*mc_endpoint_fn)(void *userdata,
+                              const struct mc_state *state,
+                              const char *server,
+                              const char *endpoint,
+                              const char *request_json,
+                              char **response_json,
+                              struct mc_error **err);
 
 /**
  * The application's lifecycle hooks (SPEC §10): each optional (NULL: nothing to do). Pass it
@@ -224,6 +253,11 @@ typedef struct mc_hooks {
      * OnDaemonConfigUpdate.
      */
     mc_hook_fn on_daemon_config_update;
+    /**
+     * Answers every extension endpoint (see `mc_endpoint_fn`); required when `mc_app_start`
+     * is given `"extension_servers"`.
+     */
+    mc_endpoint_fn endpoint;
 } mc_hooks;
 
 /**
@@ -297,9 +331,18 @@ void mc_app_free(struct mc_app *app);
  * to wait until it serves, `mc_app_stop` to stop it and `mc_app_wait` for its end and result.
  *
  * `args_json` is a JSON object: `{"version": "1.0", "heartbeat_ms": 10000, "schema_updates":
- * ["CREATE TABLE …", …], "api_extensions": ["name", …]}`; only `version` is required,
- * `heartbeat_ms` 0 or absent means 10 s, and unknown keys are refused
- * (`MC_ERR_INVALID_ARGUMENT`). `hooks` may be NULL (no hooks); the struct is copied, and its
+ * ["CREATE TABLE …", …], "api_extensions": ["name", …], "extension_servers": [...]}`; only
+ * `version` is required, `heartbeat_ms` 0 or absent means 10 s, and unknown keys are refused
+ * (`MC_ERR_INVALID_ARGUMENT`).
+ *
+ * `extension_servers` lists the application's REST servers (SPEC §13), all answered by
+ * `hooks->endpoint` (see `mc_endpoint_fn`), which is then required: `[{"name": "<fqdn>",
+ * "address": "", "core_api": true, "pre_init": false, "serve_unix": true,
+ * "dedicated_certificate": false, "resources": [{"path_prefix": "1.0", "endpoints": [{"name":
+ * "hello", "path": "hello/{who}", "aliases": [], "allowed_before_init": false,
+ * "allowed_during_shutdown": false, "methods": {"GET": {"allow_untrusted": false,
+ * "proxy_target": true}}}]}]}]` (every key but `name` optional). A server breaking the rules of
+ * SPEC §13.2 makes the daemon fail at start (`mc_app_ready`/`mc_app_wait` report it). `hooks` may be NULL (no hooks); the struct is copied, and its
  * `userdata` must stay valid until `mc_app_stop`, `mc_app_wait` or `mc_app_free` has returned.
  * Fails with `MC_ERR_CONFLICT` when a daemon started by this app is still running.
  *
@@ -477,6 +520,28 @@ mc_result mc_app_sql(const struct mc_app *app,
                      struct mc_error **err);
 
 /**
+ * Sends `method path` (for example `GET`, `/1.0/hello?target=c2`) with the JSON body
+ * `body_json` (NULL: none) to the member's control socket, and returns the answer's
+ * `metadata` as JSON in `*json_out`, freed by the caller with `mc_string_free`: the way to call
+ * extension endpoints served on the control socket (`"serve_unix": true`), or any endpoint of
+ * the REST API. An error answer fails with the code of its HTTP status (404
+ * `MC_ERR_NOT_FOUND`, 400 `MC_ERR_INVALID_ARGUMENT`, …) and its message. Works with a daemon
+ * in this process or another.
+ *
+ * Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+ *
+ * # Safety
+ * `app` is a live app; the strings NUL-terminated (`body_json` may be NULL); `json_out` valid
+ * for a write; `err` as for `mc_app_new`.
+ */
+mc_result mc_app_query(const struct mc_app *app,
+                       const char *method,
+                       const char *path,
+                       const char *body_json,
+                       char **json_out,
+                       struct mc_error **err);
+
+/**
  * Frees a string returned by the library. NULL is ignored. Strings from elsewhere (libc
  * `malloc`) must not be passed.
  *
@@ -486,6 +551,18 @@ mc_result mc_app_sql(const struct mc_app *app,
  * `s` is NULL or a string returned by this library that has not been freed yet.
  */
 void mc_string_free(char *s);
+
+/**
+ * A copy of `text` owned by the library: what an endpoint handler answers in
+ * `*response_json` (see `mc_endpoint_fn`), or any string to be freed with `mc_string_free`.
+ * NULL when `text` is NULL. Invalid UTF-8 is replaced.
+ *
+ * Thread-safety: any thread.
+ *
+ * # Safety
+ * `text` is NULL or a NUL-terminated string.
+ */
+char *mc_string_new(const char *text);
 
 /**
  * The code of `error`; `MC_ERR_NULL_ARGUMENT` when `error` is NULL.
@@ -582,6 +659,23 @@ mc_result mc_app_transaction(const struct mc_app *app,
                              mc_tx_fn func,
                              void *userdata,
                              struct mc_error **err);
+
+/**
+ * `mc_app_transaction` from inside a hook or an endpoint handler (`mc_endpoint_fn`), on the
+ * member `state` describes: runs `func` as a serializable transaction with linearizable reads
+ * and waits for it, blocking the callback's thread (which is allowed there, unlike
+ * `mc_app_transaction`). Same contract for `func` as `mc_app_transaction`.
+ *
+ * Thread-safety: the thread of the callback that was given `state`.
+ *
+ * # Safety
+ * `state` is the state of the running callback; `func` a function of the `mc_tx_fn` contract;
+ * `err` NULL or valid for a write and pointing to NULL.
+ */
+mc_result mc_state_transaction(const struct mc_state *state,
+                               mc_tx_fn func,
+                               void *userdata,
+                               struct mc_error **err);
 
 /**
  * Runs the statement `sql` (one statement, no rows expected) with the positional parameters

@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use microcluster::{Args, DaemonArgs, Error, ErrorKind, HookSet, Spawned};
+use microcluster::{Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, Spawned};
 use napi::Env;
 use napi::bindgen_prelude::Object;
 use napi_derive::napi;
 use serde::Serialize;
 
+use microcluster::extensions::{BlockingEndpoints, ServerSpec};
+
+use crate::endpoints::{EndpointFunction, JsEndpoints};
 use crate::error::{promise, to_js};
 use crate::hooks::{JsHooks, NativeHooks};
 use crate::tx::{TxFunction, closure};
@@ -51,6 +54,15 @@ pub struct StartOptions {
     pub api_extensions: Option<Vec<String>>,
     /// Interval between heartbeat rounds in milliseconds (0 or absent: the default).
     pub heartbeat_ms: Option<f64>,
+    /// The extension servers as core's JSON description (`ServerSpec` list), built by the
+    /// facade from `endpoints`.
+    pub extension_servers: Option<String>,
+    /// Answers every extension endpoint (the facade's dispatcher); required with
+    /// `extension_servers`.
+    #[napi(
+        ts_type = "(state: State, server: string, endpoint: string, request: object) => Promise<object>"
+    )]
+    pub endpoint_handler: Option<EndpointFunction>,
 }
 
 /// One cluster member: a state directory and, once started, its daemon running in this
@@ -115,6 +127,22 @@ impl JsApp {
         let heartbeat_interval =
             millis(options.heartbeat_ms.unwrap_or(0.0)).map_err(|err| to_js(env, &err))?;
         let closed = Arc::new(AtomicBool::new(false));
+        let extension_servers = match (options.extension_servers, options.endpoint_handler) {
+            (None, _) => Vec::new(),
+            (Some(specs), Some(handler)) => {
+                let handler: Arc<dyn BlockingEndpoints> =
+                    Arc::new(JsEndpoints::new(handler, closed.clone()));
+                // The JavaScript side is stopped by `closed`; the gate is never closed.
+                let gate = Arc::new(HookGate::default());
+                ServerSpec::parse_list(&specs)
+                    .and_then(|specs| ServerSpec::build_all(specs, handler, gate))
+                    .map_err(|err| to_js(env, &err))?
+            }
+            (Some(_), None) => {
+                let err = Error::invalid("Extension servers need an endpoint handler");
+                return Err(to_js(env, &err));
+            }
+        };
         let args = DaemonArgs {
             version: options.version,
             heartbeat_interval,
@@ -123,6 +151,7 @@ impl JsApp {
             hooks: options.hooks.map_or_else(HookSet::default, |hooks| {
                 HookSet::from(JsHooks::new(hooks, closed.clone()))
             }),
+            extension_servers,
             ..DaemonArgs::default()
         };
         let spawned = self.app.spawn(args);
@@ -280,6 +309,21 @@ impl JsApp {
     #[napi(catch_unwind, ts_return_type = "Promise<object>")]
     pub fn sql<'env>(&self, env: &'env Env, query: String) -> napi::Result<Object<'env>> {
         self.call(env, move |app| async move { app.sql(&query).await })
+    }
+
+    /// Sends `method path` with an optional JSON `body` to the member's control socket and
+    /// resolves with the answer's `metadata`; an error answer rejects with its code.
+    #[napi(catch_unwind, ts_return_type = "Promise<unknown>")]
+    pub fn query<'env>(
+        &self,
+        env: &'env Env,
+        method: String,
+        path: String,
+        body: Option<serde_json::Value>,
+    ) -> napi::Result<Object<'env>> {
+        self.call(env, move |app| async move {
+            app.query(&method, &path, body).await
+        })
     }
 
     /// Runs `function(tx)` as a serializable transaction; it may run more than once.

@@ -196,6 +196,13 @@ pub struct JsState {
     state: State,
 }
 
+impl JsState {
+    /// The JavaScript view of `state`.
+    pub(crate) fn new(state: State) -> JsState {
+        JsState { state }
+    }
+}
+
 #[napi]
 impl JsState {
     /// This member's name (the host name before init).

@@ -7,6 +7,7 @@
 //! this addon into the public API typed by `index.d.ts`.
 
 mod app;
+mod endpoints;
 mod error;
 mod hooks;
 mod tx;

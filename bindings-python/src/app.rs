@@ -10,7 +10,10 @@ use microcluster::{App, Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, S
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt};
 
+use microcluster::extensions::{BlockingEndpoints, ServerSpec};
+
 use crate::block::block;
+use crate::endpoints::PyEndpoints;
 use crate::error::to_py;
 use crate::hooks::PyHooks;
 use crate::json;
@@ -85,8 +88,9 @@ impl PyApp {
     }
 
     /// Starts the member's daemon and returns at once; `ready()` waits until it serves,
-    /// `stop()` stops it, `wait()` waits for its end.
-    #[pyo3(signature = (version, *, hooks = None, schema_updates = Vec::new(), api_extensions = Vec::new(), heartbeat = None))]
+    /// `stop()` stops it, `wait()` waits for its end. `extension_servers` is a sequence of
+    /// `microcluster.ExtensionServer` (see there).
+    #[pyo3(signature = (version, *, hooks = None, schema_updates = Vec::new(), api_extensions = Vec::new(), heartbeat = None, extension_servers = None))]
     fn start(
         slf: &Bound<'_, Self>,
         version: String,
@@ -94,6 +98,7 @@ impl PyApp {
         schema_updates: Vec<String>,
         api_extensions: Vec<String>,
         heartbeat: Option<Bound<'_, PyAny>>,
+        extension_servers: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -112,9 +117,22 @@ impl PyApp {
             );
             return Err(to_py(py, err));
         }
+        let gate = Arc::new(HookGate::default());
+        let extension_servers = match extension_servers {
+            None => Vec::new(),
+            Some(servers) => {
+                let (specs, dispatch): (String, Py<PyAny>) = py
+                    .import("microcluster._endpoints")?
+                    .call_method1("compile_servers", (servers,))?
+                    .extract()?;
+                let dispatch: Arc<dyn BlockingEndpoints> = Arc::new(PyEndpoints::new(dispatch));
+                ServerSpec::parse_list(&specs)
+                    .and_then(|specs| ServerSpec::build_all(specs, dispatch, gate.clone()))
+                    .map_err(|err| to_py(py, err))?
+            }
+        };
         py.import("microcluster._lifecycle")?
             .call_method1("track", (slf,))?;
-        let gate = Arc::new(HookGate::default());
         let args = DaemonArgs {
             version,
             heartbeat_interval,
@@ -123,6 +141,7 @@ impl PyApp {
             hooks: hooks.map_or_else(HookSet::default, |hooks| {
                 HookSet::blocking(PyHooks::new(hooks), gate.clone())
             }),
+            extension_servers,
             ..DaemonArgs::default()
         };
         let spawned = this.app.spawn(args);
@@ -278,6 +297,25 @@ impl PyApp {
         let closure = func.closure(py);
         let result = self.call(py, move |app| async move { app.transaction(closure).await });
         func.result(result)
+    }
+
+    /// Sends `method path` (e.g. `"GET"`, `"/1.0/hello?target=c2"`) with the JSON-able `body`
+    /// to the member's control socket and returns the answer's `metadata`: extension endpoints
+    /// served there (`serve_unix=True`) and the REST API alike. An error answer raises the
+    /// exception of its status (`NotFoundError` for 404, ...).
+    #[pyo3(signature = (method, path, body = None))]
+    fn query(
+        &self,
+        py: Python<'_>,
+        method: String,
+        path: String,
+        body: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let body = body.map(|body| json::from_python(&body)).transpose()?;
+        let answer = self.call(py, move |app| async move {
+            app.query(&method, &path, body).await
+        })?;
+        json::to_python(py, &answer)
     }
 
     /// Returns the app itself.

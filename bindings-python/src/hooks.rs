@@ -16,6 +16,13 @@ pub struct PyState {
     state: State,
 }
 
+impl PyState {
+    /// The Python view of `state`.
+    pub(crate) fn new(state: State) -> PyState {
+        PyState { state }
+    }
+}
+
 #[pymethods]
 impl PyState {
     /// This member's name (the host name before init).

@@ -3,6 +3,7 @@
 
 mod app;
 mod block;
+mod endpoints;
 mod error;
 mod hooks;
 mod json;

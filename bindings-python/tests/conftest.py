@@ -77,10 +77,15 @@ RECORDED = [
 
 @pytest.fixture
 def make_member(tmp_path: Path) -> Iterator[Callable[..., Member]]:
-    """Creates and starts members whose hooks record their calls; stops them all at the end."""
+    """Creates and starts members whose hooks record their calls (and that serve the given
+    extension servers); stops them all at the end."""
     members: list[Member] = []
 
-    def make(name: str, **overrides: Any) -> Member:
+    def make(
+        name: str,
+        extension_servers: list[microcluster.ExtensionServer] | None = None,
+        **overrides: Any,
+    ) -> Member:
         member = Member(name, free_address(), microcluster.App(tmp_path / name))
         hooks = {hook: member.record(hook) for hook in RECORDED}
         hooks.update(overrides)
@@ -89,6 +94,7 @@ def make_member(tmp_path: Path) -> Iterator[Callable[..., Member]]:
             hooks=microcluster.Hooks(**hooks),
             schema_updates=SCHEMA,
             heartbeat=0.5,
+            extension_servers=extension_servers,
         )
         member.app.ready(timeout=60)
         members.append(member)

@@ -338,6 +338,17 @@ impl App {
         runtime::run(async move { state.transaction_with(mode, timeout, f).await }).await
     }
 
+    /// Sends `method path` (e.g. `GET`, `/1.0/hello?target=c2`) with an optional JSON body to
+    /// this member's control socket and returns the answer's `metadata` (SPEC §1.3): the generic
+    /// query of the bindings, for extension endpoints served on the control socket and the
+    /// REST API alike. `method` is an HTTP method name in any case; an error answer becomes an
+    /// [`Error`] with its status and message.
+    pub async fn query(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Error::invalid(format!("Invalid HTTP method {method:?}")))?;
+        self.control(method, path, body).await
+    }
+
     /// The daemon running in this process, if any.
     fn daemon(&self) -> Result<Arc<crate::daemon::Daemon>> {
         self.running

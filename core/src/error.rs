@@ -82,6 +82,27 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// The kind named by `code`, one of the names of [`ErrorKind::as_str`] (what the bindings'
+    /// errors carry, so that a handler's error keeps its kind): `None` for any other name.
+    pub fn from_code(code: &str) -> Option<ErrorKind> {
+        [
+            ErrorKind::InvalidArgument,
+            ErrorKind::Forbidden,
+            ErrorKind::NotFound,
+            ErrorKind::Conflict,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::NotImplemented,
+            ErrorKind::Unavailable,
+            ErrorKind::Timeout,
+            ErrorKind::WouldBlock,
+            ErrorKind::Internal,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == code)
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -226,6 +247,18 @@ mod tests {
         ] {
             assert_eq!(ErrorKind::from_http_status(kind.http_status()), kind);
         }
+    }
+
+    #[test]
+    fn codes_name_their_kinds() {
+        for kind in [
+            ErrorKind::NotFound,
+            ErrorKind::WouldBlock,
+            ErrorKind::Internal,
+        ] {
+            assert_eq!(ErrorKind::from_code(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_code("not_found"), None);
     }
 
     #[test]

@@ -683,6 +683,16 @@ impl ServerSpec {
         gate: &Arc<HookGate>,
     ) -> Result<ExtensionServer> {
         let server_name = self.name.clone();
+        // The dispatcher tells endpoints apart by name, so a name may be used once per server.
+        let mut names = BTreeSet::new();
+        for endpoint in self.resources.iter().flat_map(|r| &r.endpoints) {
+            if !names.insert(endpoint.name.as_str()) {
+                return Err(Error::invalid(format!(
+                    "Server {server_name:?} has more than one endpoint named {:?}",
+                    endpoint.name
+                )));
+            }
+        }
         let resources = self
             .resources
             .into_iter()
@@ -917,6 +927,15 @@ mod tests {
         assert_eq!(
             err.message(),
             "Endpoint \"hello\" has an unknown method \"BREW\": expected GET, PUT, POST, DELETE or PATCH"
+        );
+        let mut twice = specs.clone();
+        let mut other = twice[0].resources[0].endpoints[0].clone();
+        other.path = "other".into();
+        twice[0].resources[0].endpoints.push(other);
+        let err = ServerSpec::build_all(twice, Arc::new(Nothing), Arc::default()).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "Server \"ext.example.com\" has more than one endpoint named \"hello\""
         );
         let built = ServerSpec::build_all(specs, Arc::new(Nothing), Arc::default()).unwrap();
         let endpoint = &built[0].resources[0].endpoints[0];

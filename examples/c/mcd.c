@@ -7,6 +7,7 @@
  *   mcd <state_dir> token <name>                     print a join token (asks the running member)
  *   mcd <state_dir> members                          print the members as JSON
  *   mcd <state_dir> sql <query>                      run SQL, print the result as JSON
+ *   mcd <state_dir> query <method> <path>            call the REST API (control socket)
  *   mcd <state_dir> stop                             stop the running member
  *
  * A serving mcd prints every hook it runs, greets the cluster once it is a member (a
@@ -14,8 +15,15 @@
  * `greetings` table), prints "mcd: ready", and runs until SIGINT or SIGTERM (or `mcd stop`).
  * MCD_FAIL_HOOK=<HookName> (for example PreJoin) makes that hook fail, to show that its message
  * reaches the caller.
+ *
+ * It also serves an extension endpoint, GET /1.0/greetings/{member} (server "mcd.example.com",
+ * on the core listener and the control socket), answered in C: it reads the member's greeting
+ * in a transaction and answers {"member", "seq", "served_by"}, 404 when that member has not
+ * greeted, 400 for a malformed name. It forwards `?target=<member>` to that member (over mTLS):
+ *   mcd <state_dir> query GET '/1.0/greetings/c2?target=c3'
  */
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -27,7 +35,11 @@
 
 static const char *START_ARGS =
     "{\"version\": \"1.0\", \"schema_updates\": ["
-    "\"CREATE TABLE greetings (member TEXT PRIMARY KEY, seq INTEGER NOT NULL)\"]}";
+    "\"CREATE TABLE greetings (member TEXT PRIMARY KEY, seq INTEGER NOT NULL)\"],"
+    " \"extension_servers\": [{\"name\": \"mcd.example.com\", \"core_api\": true,"
+    " \"serve_unix\": true, \"resources\": [{\"path_prefix\": \"1.0\", \"endpoints\": ["
+    " {\"name\": \"greeting\", \"path\": \"greetings/{member}\","
+    " \"methods\": {\"GET\": {\"proxy_target\": true}}}]}]}]}";
 
 /* Prints a failed call's error and frees it; returns 1 for use as an exit code. */
 static int report(const char *what, mc_result rc, mc_error *err) {
@@ -104,6 +116,79 @@ static int greet(void *userdata, mc_tx *tx, mc_error **err) {
     return changed == 1 ? 0 : 1;
 }
 
+/* What the greeting lookup transaction reads: the member asked for, its number if found. */
+struct lookup {
+    const char *member;
+    long long seq;
+    int found;
+};
+
+/* The lookup transaction (read-only; it may run more than once, so it starts afresh). */
+static int lookup_greeting(void *userdata, mc_tx *tx, mc_error **err) {
+    struct lookup *lookup = userdata;
+    lookup->found = 0;
+    char params[128];
+    snprintf(params, sizeof params, "[\"%s\"]", lookup->member);
+    char *rows = NULL;
+    if (mc_tx_query(tx, "SELECT seq FROM greetings WHERE member = ?1", params, &rows, err) !=
+        MC_OK) {
+        return 1;
+    }
+    /* rows is {"columns":["seq"],"rows":[[N]]} or {"columns":["seq"],"rows":[]}. */
+    const char *cell = strstr(rows, "[[");
+    if (cell != NULL && sscanf(cell, "[[%lld", &lookup->seq) == 1) {
+        lookup->found = 1;
+    }
+    mc_string_free(rows);
+    return 0;
+}
+
+/*
+ * The extension endpoint handler (mc_hooks.endpoint), for GET /1.0/greetings/{member}. The
+ * member's name is taken from "vars" of the request JSON (a real program would use a JSON
+ * parser); names other than [A-Za-z0-9_-]{1,63} are refused with 400.
+ */
+static int endpoint(void *userdata, const mc_state *state, const char *server,
+                    const char *name, const char *request_json, char **response_json,
+                    mc_error **err) {
+    (void)userdata;
+    printf("mcd: endpoint %s/%s member=%s request=%s\n", server, name, mc_state_name(state),
+           request_json);
+    fflush(stdout);
+    const char *key = "\"vars\":{\"member\":\"";
+    const char *start = strstr(request_json, key);
+    char member[64] = "";
+    size_t len = 0;
+    if (start != NULL) {
+        start += strlen(key);
+        while (len < sizeof member - 1 && start[len] != '\0' && start[len] != '"' &&
+               (isalnum((unsigned char)start[len]) || start[len] == '-' || start[len] == '_')) {
+            member[len] = start[len];
+            len++;
+        }
+    }
+    if (len == 0 || start[len] != '"') {
+        mc_error_set(err, MC_ERR_INVALID_ARGUMENT, "malformed member name");
+        return 1;
+    }
+    member[len] = '\0';
+    struct lookup lookup = {.member = member};
+    if (mc_state_transaction(state, lookup_greeting, &lookup, err) != MC_OK) {
+        return 1;
+    }
+    if (!lookup.found) {
+        char message[128];
+        snprintf(message, sizeof message, "no greeting from %s", member);
+        mc_error_set(err, MC_ERR_NOT_FOUND, message);
+        return 1;
+    }
+    char response[256];
+    snprintf(response, sizeof response, "{\"member\":\"%s\",\"seq\":%lld,\"served_by\":\"%s\"}",
+             member, lookup.seq, mc_state_name(state));
+    *response_json = mc_string_new(response);
+    return 0;
+}
+
 /* Stops the app when SIGINT or SIGTERM arrives (blocked in every thread, taken here). */
 static void *signal_thread(void *arg) {
     mc_app *app = arg;
@@ -135,6 +220,7 @@ static int serve(mc_app *app, int argc, char **argv) {
     hooks.pre_remove = pre_remove;
     hooks.post_remove = post_remove;
     hooks.on_daemon_config_update = on_daemon_config_update;
+    hooks.endpoint = endpoint;
 
     mc_error *err = NULL;
     mc_result rc = mc_app_start(app, START_ARGS, &hooks, &err);
@@ -187,6 +273,8 @@ static int client(mc_app *app, int argc, char **argv) {
         rc = mc_app_cluster_members(app, &out, &err);
     } else if (strcmp(command, "sql") == 0 && argc == 4) {
         rc = mc_app_sql(app, argv[3], &out, &err);
+    } else if (strcmp(command, "query") == 0 && argc == 5) {
+        rc = mc_app_query(app, argv[3], argv[4], NULL, &out, &err);
     } else if (strcmp(command, "stop") == 0 && argc == 3) {
         rc = mc_app_stop(app, &err);
     } else {
@@ -204,7 +292,7 @@ static int client(mc_app *app, int argc, char **argv) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: mcd <state_dir> bootstrap|join|run|token|members|sql|stop ...\n");
+        fprintf(stderr, "usage: mcd <state_dir> bootstrap|join|run|token|members|sql|query|stop ...\n");
         return 2;
     }
     if (strcmp(mc_version(), MC_VERSION) != 0) {

@@ -114,6 +114,21 @@ greetings=$(./mcd "$work/c2" sql "SELECT member, seq FROM greetings ORDER BY seq
 check "C transactions of every member are read back on c2" \
     grep -qF '"rows":[["c1",1],["c2",2],["c3",3]]' <<<"$greetings"
 
+# --- The extension endpoint, written in C: asked on c1's control socket, forwarded to c3 over
+# mTLS (?target=), answered there from the database; handler errors reach the caller.
+answer=$(./mcd "$work/c1" query GET '/1.0/greetings/c2?target=c3')
+check "the greeting endpoint answers through c1 from c3" \
+    grep -qF '{"member":"c2","seq":2,"served_by":"c3"}' <<<"$answer"
+check "c3's handler saw c1 as a trusted member caller" bash -c "
+    grep -q 'endpoint mcd.example.com/greeting member=c3 request=.*\"trusted\":true' '$work/c3.log' &&
+    grep -q 'endpoint mcd.example.com/greeting member=c3 .*\"caller\":{\"kind\":\"member\",.*\"name\":\"c1\"' '$work/c3.log'"
+check "a handler's 404 reaches the caller with its message" bash -c "
+    ! ./mcd '$work/c1' query GET '/1.0/greetings/nobody?target=c2' 2>'$work/q404.err' &&
+    grep -q 'query failed (4): .*no greeting from nobody' '$work/q404.err'"
+check "a handler's 400 reaches the caller with its message" bash -c "
+    ! ./mcd '$work/c2' query GET '/1.0/greetings/a.b' 2>'$work/q400.err' &&
+    grep -q 'query failed (3): .*malformed member name' '$work/q400.err'"
+
 # --- Memory: client calls (strings and errors out, freed by the caller) under valgrind memcheck.
 memcheck() {
     valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99 \
@@ -125,6 +140,10 @@ memcheck() {
 check "mcd members under valgrind: no invalid access, no leak" memcheck "$work/c1" members
 check "a failing mcd sql under valgrind: no invalid access, no leak" \
     bash -c "$(declare -f memcheck); work='$work'; memcheck '$work/c1' sql 'SELEKT 1'; test \$? = 1"
+check "mcd query of the endpoint under valgrind: no invalid access, no leak" \
+    memcheck "$work/c1" query GET '/1.0/greetings/c1?target=c2'
+check "a failing mcd query under valgrind: no invalid access, no leak" \
+    bash -c "$(declare -f memcheck); work='$work'; memcheck '$work/c1' query GET /1.0/greetings/x; test \$? = 1"
 
 # --- A failing hook's message reaches the caller.
 token=$(./mcd "$work/c1" token c4)

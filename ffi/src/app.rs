@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use microcluster_core::extensions::{BlockingEndpoints, ServerSpec};
 use microcluster_core::{
     App, Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, Spawned, runtime,
 };
@@ -43,6 +44,8 @@ struct StartArgs {
     schema_updates: Vec<String>,
     #[serde(default)]
     api_extensions: Vec<String>,
+    #[serde(default)]
+    extension_servers: Vec<ServerSpec>,
 }
 
 impl mc_app {
@@ -176,9 +179,18 @@ pub unsafe extern "C" fn mc_app_free(app: *mut mc_app) {
 /// to wait until it serves, `mc_app_stop` to stop it and `mc_app_wait` for its end and result.
 ///
 /// `args_json` is a JSON object: `{"version": "1.0", "heartbeat_ms": 10000, "schema_updates":
-/// ["CREATE TABLE …", …], "api_extensions": ["name", …]}`; only `version` is required,
-/// `heartbeat_ms` 0 or absent means 10 s, and unknown keys are refused
-/// (`MC_ERR_INVALID_ARGUMENT`). `hooks` may be NULL (no hooks); the struct is copied, and its
+/// ["CREATE TABLE …", …], "api_extensions": ["name", …], "extension_servers": [...]}`; only
+/// `version` is required, `heartbeat_ms` 0 or absent means 10 s, and unknown keys are refused
+/// (`MC_ERR_INVALID_ARGUMENT`).
+///
+/// `extension_servers` lists the application's REST servers (SPEC §13), all answered by
+/// `hooks->endpoint` (see `mc_endpoint_fn`), which is then required: `[{"name": "<fqdn>",
+/// "address": "", "core_api": true, "pre_init": false, "serve_unix": true,
+/// "dedicated_certificate": false, "resources": [{"path_prefix": "1.0", "endpoints": [{"name":
+/// "hello", "path": "hello/{who}", "aliases": [], "allowed_before_init": false,
+/// "allowed_during_shutdown": false, "methods": {"GET": {"allow_untrusted": false,
+/// "proxy_target": true}}}]}]}]` (every key but `name` optional). A server breaking the rules of
+/// SPEC §13.2 makes the daemon fail at start (`mc_app_ready`/`mc_app_wait` report it). `hooks` may be NULL (no hooks); the struct is copied, and its
 /// `userdata` must stay valid until `mc_app_stop`, `mc_app_wait` or `mc_app_free` has returned.
 /// Fails with `MC_ERR_CONFLICT` when a daemon started by this app is still running.
 ///
@@ -212,6 +224,18 @@ pub unsafe extern "C" fn mc_app_start(
             .into());
         }
         let gate = Arc::new(HookGate::default());
+        let extension_servers = match (args.extension_servers.is_empty(), hooks) {
+            (true, _) => Vec::new(),
+            (false, Some(hooks)) if hooks.endpoint.is_some() => {
+                let handler: Arc<dyn BlockingEndpoints> = Arc::new(CHooks::new(hooks));
+                ServerSpec::build_all(args.extension_servers, handler, gate.clone())?
+            }
+            (false, _) => {
+                return Err(boundary::invalid(
+                    "Extension servers need an endpoint handler (mc_hooks.endpoint)",
+                ));
+            }
+        };
         let daemon_args = DaemonArgs {
             version: args.version,
             heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
@@ -220,6 +244,7 @@ pub unsafe extern "C" fn mc_app_start(
             hooks: hooks.map_or_else(HookSet::default, |hooks| {
                 HookSet::blocking(CHooks::new(hooks), gate.clone())
             }),
+            extension_servers,
             ..DaemonArgs::default()
         };
         let spawned = app.app.spawn(daemon_args);
@@ -499,6 +524,45 @@ pub unsafe extern "C" fn mc_app_sql(
         let query = unsafe { str_arg(query, "query") }?.to_string();
         let out = unsafe { Out::new(json_out, "json_out") }?;
         out.write_json(&app.block(move |app| async move { app.sql(&query).await })?)
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Sends `method path` (for example `GET`, `/1.0/hello?target=c2`) with the JSON body
+/// `body_json` (NULL: none) to the member's control socket, and returns the answer's
+/// `metadata` as JSON in `*json_out`, freed by the caller with `mc_string_free`: the way to call
+/// extension endpoints served on the control socket (`"serve_unix": true`), or any endpoint of
+/// the REST API. An error answer fails with the code of its HTTP status (404
+/// `MC_ERR_NOT_FOUND`, 400 `MC_ERR_INVALID_ARGUMENT`, …) and its message. Works with a daemon
+/// in this process or another.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; the strings NUL-terminated (`body_json` may be NULL); `json_out` valid
+/// for a write; `err` as for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_query(
+    app: *const mc_app,
+    method: *const c_char,
+    path: *const c_char,
+    body_json: *const c_char,
+    json_out: *mut *mut c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let method = unsafe { str_arg(method, "method") }?.to_string();
+        let path = unsafe { str_arg(path, "path") }?.to_string();
+        let request: Option<serde_json::Value> = match body_json.is_null() {
+            true => None,
+            false => Some(unsafe { json_arg(body_json, "body_json") }?),
+        };
+        let out = unsafe { Out::new(json_out, "json_out") }?;
+        let answer =
+            app.block(move |app| async move { app.query(&method, &path, request).await })?;
+        out.write_json(&answer)
     };
     // SAFETY: `err` is NULL or valid for a write, per the contract.
     unsafe { boundary::call(err, body) }

@@ -217,6 +217,26 @@ pub unsafe extern "C" fn mc_string_free(s: *mut c_char) {
     })
 }
 
+/// A copy of `text` owned by the library: what an endpoint handler answers in
+/// `*response_json` (see `mc_endpoint_fn`), or any string to be freed with `mc_string_free`.
+/// NULL when `text` is NULL. Invalid UTF-8 is replaced.
+///
+/// Thread-safety: any thread.
+///
+/// # Safety
+/// `text` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_string_new(text: *const c_char) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        if text.is_null() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: per the contract.
+        let text = unsafe { str_lossy(text) };
+        string_lossy(&text).into_raw()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

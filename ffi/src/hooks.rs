@@ -1,9 +1,11 @@
 //! Lifecycle hooks as C callbacks: `mc_hooks`, the `mc_state` they get, and the one adapter
 //! that implements core's `Hooks` trait by calling them on blocking threads.
 
-use std::ffi::{CString, c_char, c_int, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 
-use microcluster_core::{BlockingHooks, HookEvent, Result, State};
+use microcluster_core::extensions::{BlockingEndpoints, EndpointRequest};
+use microcluster_core::{BlockingHooks, Error, HookEvent, Result, State};
+use serde_json::Value;
 
 use crate::boundary::{self, string_lossy};
 use crate::error::{callback_result, mc_error};
@@ -17,6 +19,35 @@ pub type mc_hook_fn = Option<
         userdata: *mut c_void,
         state: *const mc_state,
         args_json: *const c_char,
+        err: *mut *mut mc_error,
+    ) -> c_int,
+>;
+
+/// The handler of the application's extension endpoints (SPEC §13), one function for all of
+/// them: `server` and `endpoint` are the `name`s given in `"extension_servers"` (see
+/// `mc_app_start`), and `request_json` is the request as a JSON object: `{"method", "path",
+/// "vars": {name: value}, "query": [[key, value], …], "body": JSON or null, "trusted": bool,
+/// "notification": bool, "caller": {"kind": "control_socket" | "member" | "unknown", …}}`.
+/// `state`, `server`, `endpoint` and `request_json` are valid only during the call.
+///
+/// Return 0 to answer 200 with `*response_json` as the response's `metadata`: a JSON text the
+/// handler allocates with `mc_string_new` (the library takes and frees it; leave it NULL to
+/// answer `null`). Return non-zero to answer with the error stored by `mc_error_set(err, code,
+/// message)`: its code gives the HTTP status (`MC_ERR_NOT_FOUND` 404, `MC_ERR_INVALID_ARGUMENT`
+/// 400, `MC_ERR_FORBIDDEN` 403, …) and the message reaches the caller; without one it is 500.
+/// A `*response_json` left set on failure is freed by the library.
+///
+/// Runs like a hook (see `mc_hooks`): on a library thread for blocking work, possibly
+/// concurrently with other requests, never after `mc_app_stop`/`mc_app_wait`/`mc_app_free` has
+/// returned. It may block, and may run transactions with `mc_state_transaction`.
+pub type mc_endpoint_fn = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        state: *const mc_state,
+        server: *const c_char,
+        endpoint: *const c_char,
+        request_json: *const c_char,
+        response_json: *mut *mut c_char,
         err: *mut *mut mc_error,
     ) -> c_int,
 >;
@@ -69,12 +100,28 @@ pub struct mc_hooks {
     pub on_heartbeat: mc_hook_fn,
     /// OnDaemonConfigUpdate.
     pub on_daemon_config_update: mc_hook_fn,
+    /// Answers every extension endpoint (see `mc_endpoint_fn`); required when `mc_app_start`
+    /// is given `"extension_servers"`.
+    pub endpoint: mc_endpoint_fn,
 }
 
-/// What a hook can see of its member. Valid only during the hook call.
+/// What a hook or endpoint handler can see of its member. Valid only during the call.
 pub struct mc_state {
     name: CString,
     address: CString,
+    /// The member's state, for `mc_state_transaction`.
+    pub(crate) state: State,
+}
+
+impl mc_state {
+    /// The C view of `state`.
+    fn new(state: &State) -> mc_state {
+        mc_state {
+            name: string_lossy(&state.name()),
+            address: string_lossy(&state.address()),
+            state: state.clone(),
+        }
+    }
 }
 
 /// The member's name (the host name before init), NUL-terminated UTF-8 owned by `state`:
@@ -151,10 +198,7 @@ impl BlockingHooks for CHooks {
             return Ok(());
         };
         let what = event.name();
-        let c_state = mc_state {
-            name: string_lossy(&state.name()),
-            address: string_lossy(&state.address()),
-        };
+        let c_state = mc_state::new(state);
         let args = string_lossy(&event.args_json().to_string());
         let userdata = self.hooks.userdata;
         callback_result(&format!("{what} hook"), |err| {
@@ -162,5 +206,53 @@ impl BlockingHooks for CHooks {
             unsafe { hook(userdata, &c_state, args.as_ptr(), err) }
         })
         .map_err(|err| err.context(format!("{what} hook failed: ")))
+    }
+}
+
+/// Core runs each request on a blocking thread while the app's gate is open; this calls the C
+/// endpoint handler.
+impl BlockingEndpoints for CHooks {
+    fn call(
+        &self,
+        state: &State,
+        server: &str,
+        endpoint: &str,
+        request: EndpointRequest,
+    ) -> Result<Value> {
+        let Some(handler) = self.hooks.endpoint else {
+            return Err(Error::internal(
+                "No endpoint handler was given (mc_hooks.endpoint)",
+            ));
+        };
+        let what = format!("The {endpoint} endpoint");
+        let c_state = mc_state::new(state);
+        let (c_server, c_endpoint) = (string_lossy(server), string_lossy(endpoint));
+        let request = string_lossy(&request.to_json().to_string());
+        let userdata = self.hooks.userdata;
+        let mut response: *mut c_char = std::ptr::null_mut();
+        let result = callback_result(&what, |err| {
+            // SAFETY: the C contract of `mc_endpoint_fn`; the arguments live across the call.
+            unsafe {
+                handler(
+                    userdata,
+                    &c_state,
+                    c_server.as_ptr(),
+                    c_endpoint.as_ptr(),
+                    request.as_ptr(),
+                    &mut response,
+                    err,
+                )
+            }
+        });
+        // SAFETY: the handler stored NULL or a string from `mc_string_new`, which we own now.
+        let response = (!response.is_null()).then(|| unsafe { CString::from_raw(response) });
+        result?;
+        let Some(response) = response else {
+            return Ok(Value::Null);
+        };
+        let text = CStr::to_str(&response)
+            .map_err(|_| Error::internal(format!("{what} answered invalid UTF-8")))?;
+        serde_json::from_str(text)
+            .map_err(|err| Error::internal(format!("{what} answered invalid JSON: {err}")))
     }
 }

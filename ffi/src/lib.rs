@@ -28,15 +28,17 @@ use std::ffi::c_char;
 
 pub use app::{
     mc_app, mc_app_cluster_members, mc_app_free, mc_app_join_cluster, mc_app_join_tokens,
-    mc_app_new, mc_app_new_cluster, mc_app_new_join_token, mc_app_ready, mc_app_revoke_join_token,
-    mc_app_sql, mc_app_start, mc_app_status, mc_app_stop, mc_app_wait,
+    mc_app_new, mc_app_new_cluster, mc_app_new_join_token, mc_app_query, mc_app_ready,
+    mc_app_revoke_join_token, mc_app_sql, mc_app_start, mc_app_status, mc_app_stop, mc_app_wait,
 };
-pub use boundary::mc_string_free;
+pub use boundary::{mc_string_free, mc_string_new};
 pub use error::{
     mc_error, mc_error_code, mc_error_free, mc_error_message, mc_error_set, mc_result,
 };
-pub use hooks::{mc_hook_fn, mc_hooks, mc_state, mc_state_address, mc_state_name};
-pub use tx::{mc_app_transaction, mc_tx, mc_tx_execute, mc_tx_fn, mc_tx_query};
+pub use hooks::{mc_endpoint_fn, mc_hook_fn, mc_hooks, mc_state, mc_state_address, mc_state_name};
+pub use tx::{
+    mc_app_transaction, mc_state_transaction, mc_tx, mc_tx_execute, mc_tx_fn, mc_tx_query,
+};
 
 /// The library's version, `"MAJOR.MINOR.PATCH"`, static (never freed). Compare with
 /// `MC_VERSION` to detect a header/library mismatch.

@@ -6,13 +6,15 @@ use std::ffi::{c_char, c_int, c_void};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use microcluster_core::db::sql_text::value_to_json;
-use microcluster_core::{Tx, Value};
+use microcluster_core::db::tx::DEFAULT_TIMEOUT;
+use microcluster_core::{ReadMode, Tx, Value};
 use rusqlite::types::ValueRef;
 use serde_json::json;
 
 use crate::app::mc_app;
 use crate::boundary::{self, Out, UserData, arg, arg_mut, invalid, json_arg, str_arg};
 use crate::error::{Failure, callback_result, mc_error, mc_result};
+use crate::hooks::mc_state;
 
 /// The key of the JSON object that stands for a BLOB: `{"blob_base64": "<standard base64>"}`.
 const BLOB_KEY: &str = "blob_base64";
@@ -63,18 +65,54 @@ pub unsafe extern "C" fn mc_app_transaction(
         let app = unsafe { arg(app, "app") }?;
         let func = func.ok_or_else(|| boundary::null("func"))?;
         let userdata = UserData(userdata);
-        app.block(move |app| async move {
-            app.transaction(move |tx| {
-                // The whole `Send` wrapper, not just its raw pointer, moves into this closure.
-                let userdata = userdata;
-                let mut handle = mc_tx { tx };
-                callback_result("The transaction function", |err| {
-                    // SAFETY: the C contract of `mc_tx_fn`; `handle` lives across the call.
-                    unsafe { func(userdata.0, &mut handle, err) }
-                })
-            })
-            .await
+        app.block(move |app| async move { app.transaction(c_transaction(func, userdata)).await })
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// A transaction body calling the C function `func` with `userdata`.
+fn c_transaction(
+    func: unsafe extern "C" fn(*mut c_void, *mut mc_tx<'_, '_>, *mut *mut mc_error) -> c_int,
+    userdata: UserData,
+) -> impl FnMut(&mut Tx<'_>) -> microcluster_core::Result<()> + Send + 'static {
+    move |tx| {
+        // The whole `Send` wrapper, not just its raw pointer, moves into this closure.
+        let userdata = userdata;
+        let mut handle = mc_tx { tx };
+        callback_result("The transaction function", |err| {
+            // SAFETY: the C contract of `mc_tx_fn`; `handle` lives across the call.
+            unsafe { func(userdata.0, &mut handle, err) }
         })
+    }
+}
+
+/// `mc_app_transaction` from inside a hook or an endpoint handler (`mc_endpoint_fn`), on the
+/// member `state` describes: runs `func` as a serializable transaction with linearizable reads
+/// and waits for it, blocking the callback's thread (which is allowed there, unlike
+/// `mc_app_transaction`). Same contract for `func` as `mc_app_transaction`.
+///
+/// Thread-safety: the thread of the callback that was given `state`.
+///
+/// # Safety
+/// `state` is the state of the running callback; `func` a function of the `mc_tx_fn` contract;
+/// `err` NULL or valid for a write and pointing to NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_state_transaction(
+    state: *const mc_state,
+    func: mc_tx_fn,
+    userdata: *mut c_void,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let state = unsafe { arg(state, "state") }?;
+        let func = func.ok_or_else(|| boundary::null("func"))?;
+        let transaction = c_transaction(func, UserData(userdata));
+        Ok(state.state.transaction_blocking(
+            ReadMode::Linearizable,
+            DEFAULT_TIMEOUT,
+            transaction,
+        )?)
     };
     // SAFETY: `err` is NULL or valid for a write, per the contract.
     unsafe { boundary::call(err, body) }

@@ -138,6 +138,48 @@ fn invalid_json_arguments_are_refused_with_a_clear_message() {
         mc_result::MC_ERR_INVALID_ARGUMENT,
         "expected a sequence",
     );
+    let servers = r#"[{"name": "ext.example.com", "core_api": true, "resources": [{"path_prefix":
+        "1.0", "endpoints": [{"name": "hello", "path": "hello", "methods": {"GET": {}}}]}]}]"#;
+    expect(
+        start(&format!(
+            r#"{{"version": "1.0", "extension_servers": {servers}}}"#
+        )),
+        mc_result::MC_ERR_INVALID_ARGUMENT,
+        "Extension servers need an endpoint handler (mc_hooks.endpoint)",
+    );
+    let with_handler = |args: &str| {
+        unsafe extern "C" fn handler(
+            _: *mut std::ffi::c_void,
+            _: *const mc_state,
+            _: *const c_char,
+            _: *const c_char,
+            _: *const c_char,
+            _: *mut *mut c_char,
+            _: *mut *mut mc_error,
+        ) -> i32 {
+            0
+        }
+        let hooks = mc_hooks {
+            endpoint: Some(handler),
+            ..common::no_hooks()
+        };
+        let args = c(args);
+        // SAFETY: valid arguments.
+        call(|err| unsafe { mc_app_start(app, args.as_ptr(), &hooks, err) })
+    };
+    expect(
+        with_handler(&format!(
+            r#"{{"version": "1.0", "extension_servers": {}}}"#,
+            servers.replace("GET", "BREW")
+        )),
+        mc_result::MC_ERR_INVALID_ARGUMENT,
+        "Endpoint \"hello\" has an unknown method \"BREW\"",
+    );
+    expect(
+        with_handler(r#"{"version": "1.0", "extension_servers": [{"name": "x", "colour": 1}]}"#),
+        mc_result::MC_ERR_INVALID_ARGUMENT,
+        "unknown field `colour`",
+    );
     let (name, address, config) = (c("c1"), c("127.0.0.1:1"), c(r#"{"answer": 42}"#));
     // SAFETY: valid arguments.
     expect(

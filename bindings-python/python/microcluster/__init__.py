@@ -2,11 +2,13 @@
 Raft-replicated SQLite database.
 
 ``App(state_dir)`` is one member: ``start()`` its daemon (it runs on the library's threads),
-``new_cluster()`` or ``join_cluster()``, then work with ``transaction()``. Every blocking method
+``new_cluster()`` or ``join_cluster()``, then work with ``transaction()``. Extension endpoints
+(``ExtensionServer``, ``Endpoint``) add the application's own REST API, called with ``query()``. Every blocking method
 releases the GIL; ``AsyncApp`` offers the same as coroutines.
 """
 
 from ._async import AsyncApp
+from ._endpoints import Action, Endpoint, ExtensionServer, Handler, Request
 from ._hooks import Hook, Hooks
 from ._microcluster import App, State, Tx, __version__
 from .errors import (
@@ -23,17 +25,22 @@ from .errors import (
 )
 
 __all__ = [
+    "Action",
     "App",
     "AsyncApp",
     "ConflictError",
+    "Endpoint",
     "Error",
+    "ExtensionServer",
     "ForbiddenError",
+    "Handler",
     "Hook",
     "HookError",
     "Hooks",
     "InternalError",
     "InvalidArgumentError",
     "NotFoundError",
+    "Request",
     "State",
     "TimeoutError",
     "Tx",

@@ -8,6 +8,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from ._endpoints import ExtensionServer
 from ._hooks import Hooks
 from ._microcluster import App, Tx
 
@@ -31,6 +32,7 @@ class AsyncApp:
         schema_updates: Sequence[str] = (),
         api_extensions: Sequence[str] = (),
         heartbeat: timedelta | float | None = None,
+        extension_servers: Sequence[ExtensionServer] | None = None,
     ) -> None:
         """Starts the daemon and returns at once (it does not block)."""
         self.app.start(
@@ -39,6 +41,7 @@ class AsyncApp:
             schema_updates=list(schema_updates),
             api_extensions=list(api_extensions),
             heartbeat=heartbeat,
+            extension_servers=extension_servers,
         )
 
     async def stop(self) -> None:
@@ -96,6 +99,10 @@ class AsyncApp:
     async def sql(self, query: str) -> dict[str, Any]:
         """See :meth:`App.sql`."""
         return await asyncio.to_thread(self.app.sql, query)
+
+    async def query(self, method: str, path: str, body: Any = None) -> Any:
+        """See :meth:`App.query`."""
+        return await asyncio.to_thread(self.app.query, method, path, body)
 
     async def transaction(self, func: Callable[[Tx], T]) -> T:
         """See :meth:`App.transaction`; ``func`` is a plain function, run on a worker thread."""

@@ -6,6 +6,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, final
 
+from ._endpoints import ExtensionServer
 from ._hooks import Hooks
 
 __all__ = ["App", "State", "Tx", "__version__"]
@@ -52,8 +53,9 @@ class App:
         schema_updates: Sequence[str] = ...,
         api_extensions: Sequence[str] = ...,
         heartbeat: timedelta | float | None = None,
+        extension_servers: Sequence[ExtensionServer] | None = None,
     ) -> None:
-        """Starts the daemon and returns at once."""
+        """Starts the daemon and returns at once; ``extension_servers`` adds REST endpoints."""
     def stop(self) -> None:
         """Stops the daemon and waits for its end; idempotent."""
     def wait(self) -> None:
@@ -80,6 +82,8 @@ class App:
         """Removes the member ``name`` from the cluster."""
     def sql(self, query: str) -> dict[str, Any]:
         """Runs ``query`` through the SQL API."""
+    def query(self, method: str, path: str, body: Any = None) -> Any:
+        """Sends ``method path`` to the control socket; returns the answer's metadata."""
     def transaction(self, func: Callable[[Tx], _T]) -> _T:
         """Runs ``func(tx)`` as a serializable transaction and returns its result."""
     def __enter__(self) -> Self:

@@ -273,6 +273,7 @@ pub fn no_hooks() -> mc_hooks {
         post_remove: None,
         on_heartbeat: None,
         on_daemon_config_update: None,
+        endpoint: None,
     }
 }
 
@@ -313,6 +314,7 @@ impl Recorder {
             post_remove: Some(post_remove),
             on_heartbeat: None,
             on_daemon_config_update: Some(on_daemon_config_update),
+            endpoint: None,
         }
     }
 

@@ -1,0 +1,184 @@
+"""Extension endpoints answered by Python handlers: called on one member's control socket and
+forwarded to another over mTLS (``?target=``), trust, async handlers, errors and their statuses,
+and malformed descriptions."""
+
+import http.client
+import json
+import ssl
+from typing import Any
+
+import pytest
+
+import microcluster
+
+
+def greet(request: microcluster.Request) -> dict[str, Any]:
+    if request.vars["who"] == "nobody":
+        raise microcluster.NotFoundError("nobody is not here")
+    if request.vars["who"] == "bad":
+        raise microcluster.InvalidArgumentError("bad is not a name")
+    if request.vars["who"] == "oops":
+        raise ValueError("oops went wrong")
+    return {
+        "hello": request.vars["who"],
+        "served_by": request.state.name,
+        "caller": request.caller,
+        "trusted": request.trusted,
+        "shout": request.param("shout"),
+    }
+
+
+async def store(request: microcluster.Request) -> int:
+    key, value = request.body["key"], request.body["value"]
+    request.state.transaction(lambda tx: tx.execute("INSERT INTO kv VALUES (?, ?)", (key, value)))
+    return request.state.transaction(lambda tx: tx.query("SELECT count(*) FROM kv"))[0][0]
+
+
+def public(request: microcluster.Request) -> dict[str, Any]:
+    return {"caller": request.caller["kind"], "trusted": request.trusted}
+
+
+SERVERS = [
+    microcluster.ExtensionServer(
+        name="greeter.example.com",
+        serve_unix=True,
+        endpoints=[
+            microcluster.Endpoint(path="greet/{who}", methods={"GET": greet}, proxy_target=True),
+            microcluster.Endpoint(
+                path="kv",
+                name="store",
+                methods={"POST": microcluster.Action(store, proxy_target=True)},
+            ),
+            microcluster.Endpoint(
+                path="public",
+                methods={"GET": microcluster.Action(public, allow_untrusted=True), "PUT": public},
+            ),
+        ],
+    )
+]
+
+
+def https(address: str, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    """A request over TLS without a client certificate: an untrusted network caller."""
+    host, port = address.rsplit(":", 1)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+    try:
+        connection.request(method, path, body=b"{}" if method != "GET" else None)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_endpoints_across_the_cluster(make_member):
+    c1 = make_member("c1", extension_servers=SERVERS)
+    c1.app.new_cluster("c1", c1.address)
+    c2 = make_member("c2", extension_servers=SERVERS)
+    c2.app.join_cluster("c2", c2.address, c1.app.new_join_token("c2"))
+
+    # On c1's control socket: answered by c1 itself.
+    local = c1.app.query("GET", "/1.0/greet/ann?shout=yes")
+    assert local == {
+        "hello": "ann",
+        "served_by": "c1",
+        "caller": {"kind": "control_socket"},
+        "trusted": True,
+        "shout": "yes",
+    }
+    # ?target=c2: c1 forwards it to c2 over mTLS, where c1 is a trusted member.
+    remote = c1.app.query("GET", "/1.0/greet/bob?target=c2")
+    assert remote["served_by"] == "c2"
+    assert remote["trusted"] is True
+    assert remote["caller"]["kind"] == "member"
+    assert remote["caller"]["name"] == "c1"
+
+    # An async handler with a body, running a transaction, on another member.
+    assert c1.app.query("POST", "/1.0/kv?target=c2", {"key": "a", "value": 1}) == 1
+    assert c2.app.query("post", "/1.0/kv", {"key": "b", "value": 2}) == 2
+    assert c1.app.transaction(lambda tx: tx.query("SELECT key FROM kv ORDER BY key")) == [
+        ("a",),
+        ("b",),
+    ]
+
+    # Handler errors keep their status and message, also when forwarded.
+    with pytest.raises(microcluster.NotFoundError, match="nobody is not here"):
+        c1.app.query("GET", "/1.0/greet/nobody?target=c2")
+    with pytest.raises(microcluster.InvalidArgumentError, match="bad is not a name"):
+        c2.app.query("GET", "/1.0/greet/bad")
+    with pytest.raises(microcluster.InternalError, match="raised ValueError: oops went wrong"):
+        c1.app.query("GET", "/1.0/greet/oops?target=c2")
+    # A method the endpoint does not serve (501), and an unknown path.
+    with pytest.raises(microcluster.Error, match="not implemented") as unserved:
+        c1.app.query("GET", "/1.0/kv")
+    assert unserved.value.code == "NOT_IMPLEMENTED"
+    with pytest.raises(microcluster.NotFoundError):
+        c1.app.query("GET", "/1.0/nothing-here")
+
+    # Over the network without a client certificate: untrusted.
+    status, answer = https(c2.address, "GET", "/1.0/public")
+    assert status == 200, answer
+    assert answer["metadata"] == {"caller": "unknown", "trusted": False}
+    status, answer = https(c2.address, "PUT", "/1.0/public")
+    assert status == 403, answer
+    status, answer = https(c2.address, "GET", "/1.0/greet/eve")
+    assert status == 403, answer
+
+
+def test_async_app_query_as_a_client_of_a_running_member(make_member, tmp_path):
+    import asyncio
+
+    c1 = make_member("c1", extension_servers=SERVERS)
+    c1.app.new_cluster("c1", c1.address)
+    client = microcluster.AsyncApp(tmp_path / "c1")
+    assert asyncio.run(client.query("GET", "/1.0/greet/zed"))["hello"] == "zed"
+
+
+def endpoint(methods: dict[str, Any], path: str = "x") -> microcluster.Endpoint:
+    return microcluster.Endpoint(path=path, methods=methods)
+
+
+@pytest.mark.parametrize(
+    ("servers", "message"),
+    [
+        (
+            [microcluster.ExtensionServer("e.example.com", [endpoint({"BREW": public})])],
+            'Endpoint "x" has an unknown method "BREW"',
+        ),
+        (
+            [microcluster.ExtensionServer("e.example.com", [endpoint({"GET": 42})])],
+            "The GET handler of endpoint 'x' is not callable",
+        ),
+        ([{"name": "e.example.com"}], "Not an ExtensionServer"),
+        (
+            [
+                microcluster.ExtensionServer(
+                    "e.example.com",
+                    [
+                        endpoint({"GET": public}),
+                        microcluster.Endpoint(path="y", name="x", methods={"GET": public}),
+                    ],
+                )
+            ],
+            'more than one endpoint named "x"',
+        ),
+    ],
+)
+def test_bad_descriptions_are_refused_at_start(tmp_path, servers, message):
+    app = microcluster.App(tmp_path / "m")
+    with pytest.raises(microcluster.InvalidArgumentError, match=message):
+        app.start("1.0", extension_servers=servers)
+    # Nothing was started.
+    app.stop()
+
+
+def test_servers_breaking_the_rules_fail_the_daemon(tmp_path):
+    app = microcluster.App(tmp_path / "m")
+    servers = [microcluster.ExtensionServer("core", [endpoint({"GET": public})])]
+    app.start("1.0", extension_servers=servers)
+    with pytest.raises(microcluster.Error, match='reserved server name "core"'):
+        app.ready(timeout=30)
+    with pytest.raises(microcluster.InvalidArgumentError, match='reserved server name "core"'):
+        app.wait()
