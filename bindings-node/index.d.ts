@@ -261,3 +261,17 @@ export declare class App {
   /** `stop()`, for `await using`. */
   [Symbol.asyncDispose](): Promise<void>
 }
+
+/** A log level of the library, most severe first. */
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace'
+
+/**
+ * Sends the library's log events of `level` (default `'info'`) and more severe to
+ * `handler(level, target, message)` on the event loop, or stops sending them (`null`).
+ * `target` names the module that logged, such as `microcluster::daemon`. Throws an error with
+ * code `MC_INVALID_ARGUMENT` for an unknown level.
+ */
+export declare function setLogHandler(
+  handler: ((level: LogLevel, target: string, message: string) => void) | null,
+  level?: LogLevel,
+): void

@@ -175,4 +175,19 @@ class App {
   async [Symbol.asyncDispose] () { return this.stop() }
 }
 
-module.exports = { App, State }
+/**
+ * Sends the library's log events of `level` ('error', 'warn', 'info' — the default —, 'debug',
+ * 'trace') and more severe to `handler(level, target, message)` on the event loop, or stops
+ * sending them (`null`). An exception the handler throws is ignored.
+ */
+function setLogHandler (handler, level = 'info') {
+  if (handler !== null && typeof handler !== 'function') {
+    throw new TypeError('setLogHandler expects a function or null')
+  }
+  const safe = handler && ((eventLevel, target, message) => {
+    try { handler(eventLevel, target, message) } catch (err) { /* a log handler must not throw */ }
+  })
+  native.setLogHandler(safe, level)
+}
+
+module.exports = { App, State, setLogHandler }

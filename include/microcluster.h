@@ -261,6 +261,18 @@ typedef struct mc_hooks {
 } mc_hooks;
 
 /**
+ * A log callback. `level` is 1 (error), 2 (warn), 3 (info), 4 (debug) or 5 (trace); `target`
+ * names the module that logged (for example `microcluster::daemon`); `message` is the text.
+ * Both strings are NUL-terminated UTF-8 valid during the call only. It runs on the library
+ * thread that logged, possibly on several threads at once: it must be thread-safe, return
+ * quickly and call no `mc_*` function.
+ */
+typedef void (*mc_log_fn)(void *userdata,
+                          int level,
+                          const char *target,
+                          const char *message);
+
+/**
  * The body of a transaction. `userdata` is the one given to `mc_app_transaction`; `tx` is valid
  * only during the call. Return 0 to commit what the function did; non-zero rolls it back and
  * makes `mc_app_transaction` fail with the error left in `*err` (by `mc_error_set`, or by a
@@ -638,6 +650,27 @@ const char *mc_state_name(const struct mc_state *state);
  * `state` is NULL or the state a running hook was given.
  */
 const char *mc_state_address(const struct mc_state *state);
+
+/**
+ * Sends the library's log events of `max_level` (1 error … 5 trace) and more severe to
+ * `callback` with `userdata`, replacing any callback set before; a NULL `callback` stops
+ * sending them (nothing is printed then). Without a call, the library logs nothing.
+ *
+ * The first call installs the process's `tracing` subscriber: it fails with `MC_ERR_CONFLICT`
+ * if Rust code in the process installed another one. An invalid level is
+ * `MC_ERR_INVALID_ARGUMENT`. `userdata` must stay valid until the callback is replaced or
+ * removed and no event is being delivered (after `mc_log_set(NULL, …)` returns, events already
+ * being delivered may still finish).
+ *
+ * Thread-safety: any thread.
+ *
+ * # Safety
+ * `callback` is NULL or a function with the contract above; `err` as for `mc_app_new`.
+ */
+mc_result mc_log_set(mc_log_fn callback,
+                     void *userdata,
+                     int max_level,
+                     struct mc_error **err);
 
 /**
  * Runs `func` as a serializable transaction on the replicated database, with reads that see every

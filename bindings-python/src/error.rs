@@ -24,7 +24,9 @@ static HOOK_EXCEPTIONS: Mutex<VecDeque<(u64, Py<PyBaseException>)>> = Mutex::new
 /// The exception class that stands for `kind` (the one mapping table).
 fn class_name(kind: ErrorKind) -> &'static str {
     match kind {
-        ErrorKind::InvalidArgument | ErrorKind::PayloadTooLarge => "InvalidArgumentError",
+        ErrorKind::InvalidArgument => "InvalidArgumentError",
+        ErrorKind::PayloadTooLarge => "PayloadTooLargeError",
+        ErrorKind::NotImplemented => "NotImplementedError",
         ErrorKind::Forbidden => "ForbiddenError",
         ErrorKind::NotFound => "NotFoundError",
         ErrorKind::Conflict => "ConflictError",

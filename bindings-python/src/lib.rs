@@ -7,6 +7,7 @@ mod endpoints;
 mod error;
 mod hooks;
 mod json;
+mod log;
 mod tx;
 
 use pyo3::prelude::*;
@@ -18,6 +19,8 @@ mod _microcluster {
     use crate::app::PyApp;
     #[pymodule_export]
     use crate::hooks::PyState;
+    #[pymodule_export]
+    use crate::log::set_log_handler;
     #[pymodule_export]
     use crate::tx::PyTx;
 

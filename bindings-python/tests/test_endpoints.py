@@ -2,6 +2,7 @@
 forwarded to another over mTLS (``?target=``), trust, async handlers, errors and their statuses,
 and malformed descriptions."""
 
+import builtins
 import http.client
 import json
 import ssl
@@ -111,9 +112,15 @@ def test_endpoints_across_the_cluster(make_member):
     with pytest.raises(microcluster.InternalError, match="raised ValueError: oops went wrong"):
         c1.app.query("GET", "/1.0/greet/oops?target=c2")
     # A method the endpoint does not serve (501), and an unknown path.
-    with pytest.raises(microcluster.Error, match="not implemented") as unserved:
+    with pytest.raises(microcluster.NotImplementedError, match="not implemented") as unserved:
         c1.app.query("GET", "/1.0/kv")
     assert unserved.value.code == "NOT_IMPLEMENTED"
+    assert isinstance(unserved.value, builtins.NotImplementedError)
+    # A body over the 8 MiB limit (413) is a kind of bad input.
+    with pytest.raises(microcluster.PayloadTooLargeError) as too_large:
+        c1.app.query("POST", "/1.0/kv", {"value": "x" * (9 * 1024 * 1024)})
+    assert too_large.value.code == "PAYLOAD_TOO_LARGE"
+    assert isinstance(too_large.value, microcluster.InvalidArgumentError)
     with pytest.raises(microcluster.NotFoundError):
         c1.app.query("GET", "/1.0/nothing-here")
 

@@ -444,6 +444,23 @@ thread_local! {
     static IN_BLOCKING_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Marks this thread as running a blocking callback until dropped (also when the callback
+/// panics, so the pooled thread does not keep the mark).
+struct BlockingCallback;
+
+impl BlockingCallback {
+    fn enter() -> BlockingCallback {
+        IN_BLOCKING_HOOK.with(|flag| flag.set(true));
+        BlockingCallback
+    }
+}
+
+impl Drop for BlockingCallback {
+    fn drop(&mut self) {
+        IN_BLOCKING_HOOK.with(|flag| flag.set(false));
+    }
+}
+
 /// Waits for `future` from synchronous code: inside a [`BlockingHooks`] callback on its
 /// blocking thread, elsewhere through [`crate::runtime::block_on`] (which refuses on runtime
 /// threads with `WouldBlock`).
@@ -491,10 +508,8 @@ pub(crate) fn run_blocking<T: Send + 'static>(
         let panicked = format!("{what} panicked");
         tokio::task::spawn_blocking(move || {
             let _open = gate.enter(&what)?;
-            IN_BLOCKING_HOOK.with(|flag| flag.set(true));
-            let result = call();
-            IN_BLOCKING_HOOK.with(|flag| flag.set(false));
-            result
+            let _marked = BlockingCallback::enter();
+            call()
         })
         .await
         .map_err(|err| Error::internal(format!("{panicked}: {err}")))?
@@ -587,10 +602,8 @@ mod tests {
         assert_eq!(refused.unwrap_err().kind(), crate::ErrorKind::WouldBlock);
         let allowed = crate::runtime::block_on(async {
             tokio::task::spawn_blocking(|| {
-                IN_BLOCKING_HOOK.with(|flag| flag.set(true));
-                let waited = wait(async { Ok(2) });
-                IN_BLOCKING_HOOK.with(|flag| flag.set(false));
-                waited
+                let _marked = BlockingCallback::enter();
+                wait(async { Ok(2) })
             })
             .await
             .map_err(|err| Error::internal(err.to_string()))?

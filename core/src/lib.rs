@@ -17,6 +17,7 @@ pub mod db;
 pub mod error;
 pub mod extensions;
 pub mod hooks;
+pub mod logging;
 pub mod member_config;
 pub mod membership;
 mod rest;

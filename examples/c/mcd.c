@@ -207,9 +207,22 @@ static void *signal_thread(void *arg) {
     return NULL;
 }
 
+/* The library's log events, on stderr like the hooks' lines. */
+static void print_log(void *userdata, int level, const char *target, const char *message) {
+    static const char *names[] = {"", "error", "warn", "info", "debug", "trace"};
+    (void)userdata;
+    fprintf(stderr, "mcd: log %s %s: %s\n", names[level], target, message);
+}
+
 /* Starts the daemon, bootstraps or joins as asked, greets, and serves until stopped. */
 static int serve(mc_app *app, int argc, char **argv) {
     const char *mode = argv[2];
+    const char *level = getenv("MCD_LOG_LEVEL"); /* 1 (error) to 5 (trace); default 3 */
+    mc_error *log_err = NULL;
+    mc_result logged = mc_log_set(print_log, NULL, level ? atoi(level) : 3, &log_err);
+    if (logged != MC_OK) {
+        return report("mc_log_set", logged, log_err);
+    }
     mc_hooks hooks = {0};
     hooks.pre_init = pre_init;
     hooks.post_bootstrap = post_bootstrap;

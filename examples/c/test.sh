@@ -91,6 +91,8 @@ rm -rf "$prefix"
 # --- A cluster of three mcd processes.
 spawn c1 bootstrap c1 "$(address)"
 check "c1 bootstraps" wait_for_line "$work/c1.log" "^mcd: ready" "$pid_c1"
+check "the library's logs reach mcd's log callback" \
+    grep -q '^mcd: log info microcluster::daemon: Daemon is ready' "$work/c1.log"
 check "c1 ran PreInit (bootstrap) and PostBootstrap" bash -c "
     grep -q 'hook PreInit member=.* args={\"bootstrap\":true' '$work/c1.log' &&
     grep -q 'hook PostBootstrap member=c1' '$work/c1.log'"

@@ -22,6 +22,7 @@ mod app;
 mod boundary;
 mod error;
 mod hooks;
+mod log;
 mod tx;
 
 use std::ffi::c_char;
@@ -36,6 +37,7 @@ pub use error::{
     mc_error, mc_error_code, mc_error_free, mc_error_message, mc_error_set, mc_result,
 };
 pub use hooks::{mc_endpoint_fn, mc_hook_fn, mc_hooks, mc_state, mc_state_address, mc_state_name};
+pub use log::{mc_log_fn, mc_log_set};
 pub use tx::{
     mc_app_transaction, mc_state_transaction, mc_tx, mc_tx_execute, mc_tx_fn, mc_tx_query,
 };

@@ -290,3 +290,39 @@ fn a_freed_handle_is_set_to_null_and_then_refused() {
         mc_app_free(app);
     }
 }
+
+#[test]
+fn log_levels_out_of_range_are_refused_and_events_reach_the_callback() {
+    use std::sync::Mutex;
+    static SEEN: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
+    unsafe extern "C" fn collect(
+        _: *mut std::ffi::c_void,
+        level: i32,
+        target: *const c_char,
+        message: *const c_char,
+    ) {
+        // SAFETY: the library passes NUL-terminated strings valid during the call.
+        let (target, message) = unsafe { (CStr::from_ptr(target), CStr::from_ptr(message)) };
+        if target.to_string_lossy() == "bad_input" {
+            SEEN.lock()
+                .unwrap()
+                .push((level, message.to_string_lossy().into_owned()));
+        }
+    }
+    for level in [0, 6, -1] {
+        expect(
+            // SAFETY: valid arguments but the level.
+            call(|err| unsafe { mc_log_set(Some(collect), ptr::null_mut(), level, err) }),
+            mc_result::MC_ERR_INVALID_ARGUMENT,
+            "Invalid log level",
+        );
+    }
+    // SAFETY: valid arguments.
+    call(|err| unsafe { mc_log_set(Some(collect), ptr::null_mut(), 2, err) }).unwrap();
+    tracing::warn!(target: "bad_input", "kept");
+    tracing::info!(target: "bad_input", "below the level");
+    // SAFETY: valid arguments; NULL removes the callback.
+    call(|err| unsafe { mc_log_set(None, ptr::null_mut(), 5, err) }).unwrap();
+    tracing::error!(target: "bad_input", "after removal");
+    assert_eq!(*SEEN.lock().unwrap(), vec![(2, "kept".to_string())]);
+}

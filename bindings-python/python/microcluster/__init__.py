@@ -10,7 +10,8 @@ releases the GIL; ``AsyncApp`` offers the same as coroutines.
 from ._async import AsyncApp
 from ._endpoints import Action, Endpoint, ExtensionServer, Handler, Request
 from ._hooks import Hook, Hooks
-from ._microcluster import App, State, Tx, __version__
+from ._logging import log_to_logging
+from ._microcluster import App, State, Tx, __version__, set_log_handler
 from .errors import (
     ConflictError,
     Error,
@@ -19,6 +20,8 @@ from .errors import (
     InternalError,
     InvalidArgumentError,
     NotFoundError,
+    NotImplementedError,
+    PayloadTooLargeError,
     TimeoutError,
     UnavailableError,
     WouldBlockError,
@@ -40,6 +43,8 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "NotFoundError",
+    "NotImplementedError",
+    "PayloadTooLargeError",
     "Request",
     "State",
     "TimeoutError",
@@ -47,4 +52,6 @@ __all__ = [
     "UnavailableError",
     "WouldBlockError",
     "__version__",
+    "log_to_logging",
+    "set_log_handler",
 ]

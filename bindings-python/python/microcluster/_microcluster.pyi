@@ -9,11 +9,17 @@ from typing import Any, Self, TypeVar, final
 from ._endpoints import ExtensionServer
 from ._hooks import Hooks
 
-__all__ = ["App", "State", "Tx", "__version__"]
+__all__ = ["App", "State", "Tx", "__version__", "set_log_handler"]
 
 __version__: str
 
 _T = TypeVar("_T")
+
+def set_log_handler(handler: Callable[[str, str, str], object] | None, level: str = "info") -> None:
+    """Sends the library's log events of ``level`` (``"error"``, ``"warn"``, ``"info"``,
+    ``"debug"``, ``"trace"``) and more severe to ``handler(level, target, message)``, or stops
+    sending them (``None``). The handler runs on library threads."""
+
 _SqlValue = int | float | str | bytes | None
 
 @final

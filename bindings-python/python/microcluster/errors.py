@@ -10,12 +10,14 @@ import builtins
 __all__ = [
     "Error",
     "InvalidArgumentError",
+    "PayloadTooLargeError",
     "NotFoundError",
     "ForbiddenError",
     "ConflictError",
     "UnavailableError",
     "TimeoutError",
     "WouldBlockError",
+    "NotImplementedError",
     "HookError",
     "InternalError",
 ]
@@ -33,9 +35,15 @@ class Error(Exception):
 
 
 class InvalidArgumentError(Error, ValueError):
-    """Bad input or failed validation (also ``PAYLOAD_TOO_LARGE``)."""
+    """Bad input or failed validation."""
 
     code = "INVALID_ARGUMENT"
+
+
+class PayloadTooLargeError(InvalidArgumentError):
+    """A request body over the library's limit (HTTP 413)."""
+
+    code = "PAYLOAD_TOO_LARGE"
 
 
 class NotFoundError(Error, LookupError):
@@ -72,6 +80,12 @@ class WouldBlockError(Error):
     """A blocking ``App`` call was made from a library thread (inside a hook)."""
 
     code = "WOULD_BLOCK"
+
+
+class NotImplementedError(Error, builtins.NotImplementedError):
+    """The endpoint exists but has no handler for the method (HTTP 501)."""
+
+    code = "NOT_IMPLEMENTED"
 
 
 class HookError(Error):
