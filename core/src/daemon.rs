@@ -669,40 +669,47 @@ impl Daemon {
     }
 
     /// Presents `identity` on the listeners using the certificate `name` (`cluster`, or an
-    /// extension server's) from the next handshake on.
-    pub fn reload_certificate(&self, name: &str, identity: &certs::CertKeyPair) -> Result<()> {
-        if name == "cluster" {
-            if let Some(slot) = self
-                .cluster_certificate
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .as_ref()
-            {
-                slot.replace(identity)?;
-            }
-            return Ok(());
-        }
-        let listeners = self
-            .extension_listeners
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    /// extension server's, already written to `certificates/`) from the next handshake on. A
+    /// dedicated listener that shared the cluster certificate is restarted on its own one.
+    pub async fn reload_certificate(
+        self: &Arc<Self>,
+        name: &str,
+        identity: &certs::CertKeyPair,
+    ) -> Result<()> {
         let cluster = self
             .cluster_certificate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        match listeners.get(name) {
-            // A listener that shared the cluster certificate gets its own slot at its next
-            // restart; replacing the shared slot would change the cluster certificate.
-            Some(listener)
-                if !cluster
-                    .as_ref()
-                    .is_some_and(|c| Arc::ptr_eq(c, &listener.certificate)) =>
-            {
-                listener.certificate.replace(identity)
-            }
-            _ => Ok(()),
+        if name == "cluster" {
+            return match cluster {
+                Some(slot) => slot.replace(identity),
+                None => Ok(()),
+            };
         }
+        let shared = {
+            let mut listeners = self
+                .extension_listeners
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let shares_cluster = |listener: &ExtensionListener| {
+                cluster
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, &listener.certificate))
+            };
+            match listeners.get(name) {
+                Some(listener) if shares_cluster(listener) => listeners.remove(name),
+                Some(listener) => return listener.certificate.replace(identity),
+                None => return Ok(()),
+            }
+        };
+        // Replacing the shared slot would change the cluster certificate: restart instead.
+        if let Some(listener) = shared {
+            let address = listener.address.clone();
+            stop_listener(listener).await;
+            self.start_extension_listener(name, &address).await?;
+        }
+        Ok(())
     }
 
     /// The token that stops the member-scoped services.

@@ -341,8 +341,9 @@ fn cluster_certificate_rotation_keeps_the_cluster_working() {
 }
 
 /// The servers of the in-process test: a core-API server (also on the control socket) with an
-/// open, a guarded and a pre-init endpoint, and a dedicated listener with its own certificate.
-fn in_process_servers(metrics_address: &str) -> Vec<ExtensionServer> {
+/// open, a guarded and a pre-init endpoint, a dedicated listener with its own certificate, and
+/// one presenting the cluster certificate.
+fn in_process_servers(metrics_address: &str, status_address: &str) -> Vec<ExtensionServer> {
     let answer = |text: &'static str| {
         ExtensionAction::new(
             move |state: microcluster::State, request: EndpointRequest| async move {
@@ -398,7 +399,16 @@ fn in_process_servers(metrics_address: &str) -> Vec<ExtensionServer> {
         }],
         ..ExtensionServer::default()
     };
-    vec![core, dedicated]
+    let shared = ExtensionServer {
+        name: "status.example.com".into(),
+        address: status_address.into(),
+        resources: vec![ExtensionResource {
+            path_prefix: "status".into(),
+            endpoints: vec![ExtensionEndpoint::new("status", "").get(answer("status"))],
+        }],
+        ..ExtensionServer::default()
+    };
+    vec![core, dedicated, shared]
 }
 
 #[test]
@@ -411,10 +421,11 @@ fn extension_servers_in_process() {
         })
         .unwrap(),
     );
-    let (address, metrics_address) = (free_address(), free_address());
+    let (address, metrics_address, status_address) =
+        (free_address(), free_address(), free_address());
     let spawned = app.spawn(DaemonArgs {
         version: "1.0".into(),
-        extension_servers: in_process_servers(&metrics_address),
+        extension_servers: in_process_servers(&metrics_address, &status_address),
         ..DaemonArgs::default()
     });
     let state_dir = dir.path().join("m1");
@@ -519,6 +530,47 @@ fn extension_servers_in_process() {
             format!("Address {address:?} is already in use")
         );
 
+        // Rotating the listener's certificate: new connections get the new one at once.
+        let rotated = microcluster::certs::generate("metrics.example.com")?;
+        let body = json!({"cert": rotated.cert_pem, "key": rotated.key_pem});
+        local
+            .query::<Value>(
+                Method::PUT,
+                "/core/1.0/cluster/certificates/metrics.example.com",
+                Some(&body),
+            )
+            .await?;
+        let pinned_new = microcluster::Client::remote(&moved, &rotated.cert_pem, Some(&server))?;
+        assert_eq!(get(pinned_new, "/metrics").await?["text"], "metrics");
+        let pinned_old = microcluster::Client::remote(&moved, &metrics_cert, Some(&server))?;
+        assert!(get(pinned_old, "/metrics").await.is_err());
+        let on_disk =
+            std::fs::read_to_string(state_dir.join("certificates/metrics.example.com.crt"))
+                .unwrap();
+        assert_eq!(on_disk, rotated.cert_pem);
+        // The core listener still presents the cluster certificate.
+        assert_eq!(
+            get(member.clone(), "/1.0/trusted").await?["text"],
+            "trusted"
+        );
+
+        // A listener on the cluster certificate moves to its own when one is given.
+        let status = microcluster::Client::remote(&status_address, &cluster_cert, Some(&server))?;
+        assert_eq!(get(status, "/status").await?["text"], "status");
+        let own = microcluster::certs::generate("status.example.com")?;
+        let body = json!({"cert": own.cert_pem, "key": own.key_pem});
+        local
+            .query::<Value>(
+                Method::PUT,
+                "/core/1.0/cluster/certificates/status.example.com",
+                Some(&body),
+            )
+            .await?;
+        let status = microcluster::Client::remote(&status_address, &own.cert_pem, Some(&server))?;
+        assert_eq!(get(status, "/status").await?["text"], "status");
+        let trusted = get(member.clone(), "/1.0/trusted").await?;
+        assert_eq!(trusted["text"], "trusted");
+
         spawned.stop().await
     })
     .unwrap();
@@ -534,7 +586,7 @@ fn invalid_extension_servers_fail_the_start() {
         })
         .unwrap(),
     );
-    let mut servers = in_process_servers(&free_address());
+    let mut servers = in_process_servers(&free_address(), &free_address());
     servers[1].serve_unix = true;
     let spawned = app.spawn(DaemonArgs {
         version: "1.0".into(),

@@ -76,7 +76,7 @@ async fn put_certificate(daemon: Arc<Daemon>, request: Request) -> Result<Respon
         cert_pem: pair.cert.clone(),
         key_pem: pair.key.clone(),
     };
-    daemon.reload_certificate(&name, &identity)?;
+    daemon.reload_certificate(&name, &identity).await?;
     if name == "cluster"
         && let Ok(database) = daemon.database()
     {
