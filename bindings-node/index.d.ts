@@ -188,6 +188,11 @@ export interface StartOptions {
   heartbeatMs?: number
   /** The application's REST servers; a malformed one rejects with `MC_INVALID_ARGUMENT`. */
   extensionServers?: ExtensionServer[]
+  /**
+   * Endpoints served under `/1.0/` on the member's listener and its control socket (by a
+   * core-API server named `app`): the short form of `extensionServers`.
+   */
+  endpoints?: Endpoint[]
 }
 
 /** The member's status (`GET /core/1.0`). */

@@ -58,6 +58,9 @@ function plainJson (value) {
   return value === undefined ? null : JSON.parse(JSON.stringify(value))
 }
 
+/** The core-API server that serves `start({ endpoints })` under `/1.0/`. */
+const DEFAULT_SERVER = 'app'
+
 /**
  * Core's JSON description of `servers` (ServerSpec list) and the one dispatcher that answers
  * every endpoint: it calls the handler of (server, endpoint, method) with the request and
@@ -140,7 +143,17 @@ class App {
       if (typeof hook !== 'function') throw new TypeError(`hooks.${name} must be a function`)
       hooks[name] = asAsync((state, args) => hook(new State(state), args))
     }
-    const servers = options.extensionServers && compileServers(options.extensionServers)
+    if (options.extensionServers !== undefined && !Array.isArray(options.extensionServers)) {
+      throw new TypeError('extensionServers must be an array')
+    }
+    if (options.endpoints !== undefined && !Array.isArray(options.endpoints)) {
+      throw new TypeError('endpoints must be an array')
+    }
+    const all = [...(options.extensionServers || [])]
+    if (options.endpoints && options.endpoints.length > 0) {
+      all.push({ name: DEFAULT_SERVER, pathPrefix: '1.0', serveUnix: true, endpoints: options.endpoints })
+    }
+    const servers = all.length > 0 ? compileServers(all) : undefined
     return this.#native.start({
       version: options.version,
       hooks,

@@ -122,3 +122,21 @@ test('malformed extension servers are refused at start', async () => {
   await app.start({ version: '1.0', extensionServers: [{ name: 'core', endpoints: [{ path: 'x', methods: { GET: () => 1 } }] }] })
   await assert.rejects(app.wait(), { code: 'MC_INVALID_ARGUMENT', message: /reserved server name "core"/ })
 })
+
+test('plain endpoints are served under /1.0/ next to extension servers', async () => {
+  const app = await App.open({ stateDir: await tempDir() })
+  try {
+    await app.start({
+      version: '1.0',
+      endpoints: [{ path: 'hello/{who}', methods: { GET: (request) => `hi ${request.vars.who}` } }],
+      extensionServers: [{ name: 'other.example.com', pathPrefix: '2.0', serveUnix: true, endpoints: [{ path: 'ping', methods: { GET: () => 'pong' } }] }],
+    })
+    await app.ready({ timeoutMs: 60000 })
+    await app.newCluster('m1', `127.0.0.1:${await freePort()}`)
+    assert.equal(await app.query('GET', '/1.0/hello/ann'), 'hi ann')
+    assert.equal(await app.query('GET', '/2.0/ping'), 'pong')
+    await assert.rejects(app.start({ version: '1.0', endpoints: 'nope' }), TypeError)
+  } finally {
+    await app.stop()
+  }
+})

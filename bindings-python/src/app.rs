@@ -89,8 +89,13 @@ impl PyApp {
 
     /// Starts the member's daemon and returns at once; `ready()` waits until it serves,
     /// `stop()` stops it, `wait()` waits for its end. `extension_servers` is a sequence of
-    /// `microcluster.ExtensionServer` (see there).
-    #[pyo3(signature = (version, *, hooks = None, schema_updates = Vec::new(), api_extensions = Vec::new(), heartbeat = None, extension_servers = None))]
+    /// `microcluster.ExtensionServer` and `endpoints` one of `microcluster.Endpoint`, served
+    /// under `/1.0/` (see there).
+    #[pyo3(signature = (version, *, hooks = None, schema_updates = Vec::new(), api_extensions = Vec::new(), heartbeat = None, extension_servers = None, endpoints = None))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "they are the keyword arguments of App.start in Python"
+    )]
     fn start(
         slf: &Bound<'_, Self>,
         version: String,
@@ -99,6 +104,7 @@ impl PyApp {
         api_extensions: Vec<String>,
         heartbeat: Option<Bound<'_, PyAny>>,
         extension_servers: Option<Bound<'_, PyAny>>,
+        endpoints: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -118,12 +124,12 @@ impl PyApp {
             return Err(to_py(py, err));
         }
         let gate = Arc::new(HookGate::default());
-        let extension_servers = match extension_servers {
-            None => Vec::new(),
-            Some(servers) => {
+        let extension_servers = match (extension_servers, endpoints) {
+            (None, None) => Vec::new(),
+            (servers, endpoints) => {
                 let (specs, dispatch): (String, Py<PyAny>) = py
                     .import("microcluster._endpoints")?
-                    .call_method1("compile_servers", (servers,))?
+                    .call_method1("compile_servers", (servers, endpoints))?
                     .extract()?;
                 let dispatch: Arc<dyn BlockingEndpoints> = Arc::new(PyEndpoints::new(dispatch));
                 ServerSpec::parse_list(&specs)

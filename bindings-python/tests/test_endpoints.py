@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import microcluster
+from conftest import free_address
 
 
 def greet(request: microcluster.Request) -> dict[str, Any]:
@@ -189,3 +190,21 @@ def test_servers_breaking_the_rules_fail_the_daemon(tmp_path):
         app.ready(timeout=30)
     with pytest.raises(microcluster.InvalidArgumentError, match='reserved server name "core"'):
         app.wait()
+
+
+def test_plain_endpoints_are_served_under_1_0(tmp_path):
+    """``endpoints=`` is the short form: a core-API server named ``app`` under ``/1.0/``,
+    also on the control socket, next to any ``extension_servers``."""
+    hello = microcluster.Endpoint("hello/{who}", {"GET": lambda request: f"hi {request.vars['who']}"})
+    other = microcluster.ExtensionServer(
+        "other.example.com",
+        [microcluster.Endpoint("ping", {"GET": lambda request: "pong"})],
+        path_prefix="2.0",
+        serve_unix=True,
+    )
+    with microcluster.App(tmp_path / "c1") as app:
+        app.start("1.0", endpoints=[hello], extension_servers=[other])
+        app.ready(timeout=60)
+        app.new_cluster("c1", free_address())
+        assert app.query("GET", "/1.0/hello/ann") == "hi ann"
+        assert app.query("GET", "/2.0/ping") == "pong"

@@ -198,6 +198,11 @@ impl Client {
         body: Bytes,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes)> {
+        // Every member refuses such a body; refusing it here gives the same 413 without a
+        // race between the early answer and the body still being written.
+        if body.len() > crate::rest::server::MAX_BODY_BYTES {
+            return Err(crate::rest::server::body_too_large());
+        }
         let target = self.inner.target.describe();
         let exchange = self.exchange_unbounded(method.clone(), path, content_type, body);
         tokio::time::timeout(timeout, exchange).await.map_err(|_| {

@@ -8,7 +8,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from ._endpoints import ExtensionServer
+from ._endpoints import Endpoint, ExtensionServer
 from ._hooks import Hooks
 from ._microcluster import App, Tx
 
@@ -33,6 +33,7 @@ class AsyncApp:
         api_extensions: Sequence[str] = (),
         heartbeat: timedelta | float | None = None,
         extension_servers: Sequence[ExtensionServer] | None = None,
+        endpoints: Sequence[Endpoint] | None = None,
     ) -> None:
         """Starts the daemon and returns at once (it does not block)."""
         self.app.start(
@@ -42,6 +43,7 @@ class AsyncApp:
             api_extensions=list(api_extensions),
             heartbeat=heartbeat,
             extension_servers=extension_servers,
+            endpoints=endpoints,
         )
 
     async def stop(self) -> None:

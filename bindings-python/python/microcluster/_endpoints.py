@@ -2,7 +2,9 @@
 
 An :class:`ExtensionServer` groups :class:`Endpoint` s under a path prefix; each endpoint maps
 HTTP methods to handlers ``handler(request) -> JSON-able`` (plain or ``async``). Give the
-servers to ``App.start(..., extension_servers=[...])``. This module only turns them into the
+servers to ``App.start(..., extension_servers=[...])``, or give plain endpoints to
+``App.start(..., endpoints=[...])`` (served under ``/1.0/`` on the member's listener and its
+control socket, by the server :data:`DEFAULT_SERVER`). This module only turns them into the
 library's JSON description and dispatches each request to its handler; the library does the
 routing, trust checks and ``?target=`` forwarding.
 """
@@ -17,7 +19,10 @@ from typing import Any
 from ._microcluster import State
 from .errors import InvalidArgumentError, NotFoundError
 
-__all__ = ["Action", "Endpoint", "ExtensionServer", "Handler", "Request"]
+__all__ = ["DEFAULT_SERVER", "Action", "Endpoint", "ExtensionServer", "Handler", "Request"]
+
+#: The name of the core-API server that serves ``App.start(..., endpoints=[...])``.
+DEFAULT_SERVER = "app"
 
 
 @dataclass(frozen=True)
@@ -117,16 +122,23 @@ class ExtensionServer:
 Dispatch = Callable[[State, str, str, dict[str, Any]], str]
 
 
-def compile_servers(servers: Sequence[ExtensionServer]) -> tuple[str, Dispatch]:
-    """The library's JSON description of ``servers`` and the dispatcher calling their
-    handlers (used by ``App.start``). Raises ``InvalidArgumentError`` for a malformed
-    description; the library checks the rest (names, paths, methods) itself."""
+def compile_servers(
+    servers: Sequence[ExtensionServer] | None, endpoints: Sequence[Endpoint] | None = None
+) -> tuple[str, Dispatch]:
+    """The library's JSON description of ``servers``, plus a core-API server
+    :data:`DEFAULT_SERVER` under ``/1.0/`` (also on the control socket) for ``endpoints``,
+    and the dispatcher calling their handlers (used by ``App.start``). Raises
+    ``InvalidArgumentError`` for a malformed description; the library checks the rest (names,
+    paths, methods) itself."""
+    servers = list(servers or ())
+    if endpoints:
+        servers.append(ExtensionServer(DEFAULT_SERVER, list(endpoints), serve_unix=True))
     handlers: dict[tuple[str, str, str], Handler] = {}
     specs = []
     for server in servers:
         if not isinstance(server, ExtensionServer):
             raise InvalidArgumentError(f"Not an ExtensionServer: {server!r}")
-        endpoints = []
+        endpoint_specs = []
         for endpoint in server.endpoints:
             if not isinstance(endpoint, Endpoint):
                 raise InvalidArgumentError(f"Not an Endpoint: {endpoint!r}")
@@ -144,7 +156,7 @@ def compile_servers(servers: Sequence[ExtensionServer]) -> tuple[str, Dispatch]:
                     "proxy_target": action.proxy_target,
                 }
                 handlers[(server.name, name, method.upper())] = action.handler
-            endpoints.append(
+            endpoint_specs.append(
                 {
                     "name": name,
                     "path": endpoint.path,
@@ -162,7 +174,7 @@ def compile_servers(servers: Sequence[ExtensionServer]) -> tuple[str, Dispatch]:
                 "pre_init": server.pre_init,
                 "serve_unix": server.serve_unix,
                 "dedicated_certificate": server.dedicated_certificate,
-                "resources": [{"path_prefix": server.path_prefix, "endpoints": endpoints}],
+                "resources": [{"path_prefix": server.path_prefix, "endpoints": endpoint_specs}],
             }
         )
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, final
 
-from ._endpoints import ExtensionServer
+from ._endpoints import Endpoint, ExtensionServer
 from ._hooks import Hooks
 
 __all__ = ["App", "State", "Tx", "__version__", "set_log_handler"]
@@ -60,8 +60,10 @@ class App:
         api_extensions: Sequence[str] = ...,
         heartbeat: timedelta | float | None = None,
         extension_servers: Sequence[ExtensionServer] | None = None,
+        endpoints: Sequence[Endpoint] | None = None,
     ) -> None:
-        """Starts the daemon and returns at once; ``extension_servers`` adds REST endpoints."""
+        """Starts the daemon and returns at once; ``extension_servers`` and ``endpoints``
+        (served under ``/1.0/``) add REST endpoints."""
     def stop(self) -> None:
         """Stops the daemon and waits for its end; idempotent."""
     def wait(self) -> None:

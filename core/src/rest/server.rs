@@ -292,7 +292,8 @@ async fn process(
     (action.handler)(daemon, request).await
 }
 
-fn body_too_large() -> Error {
+/// The 413 of a body over [`MAX_BODY_BYTES`].
+pub(crate) fn body_too_large() -> Error {
     Error::new(
         ErrorKind::PayloadTooLarge,
         format!("Request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
