@@ -8,7 +8,7 @@ import { createRequire } from 'node:module'
 import { freePort, tempDir } from '../testlib/helpers.mjs'
 
 const { App } = createRequire(import.meta.url)('../index.js')
-const SCHEMA = ['CREATE TABLE kv (key TEXT PRIMARY KEY, value INTEGER)']
+const SCHEMA = ['CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value INTEGER)']
 
 const SERVERS = [{
   name: 'greeter.example.com',

@@ -13,7 +13,7 @@ import pytest
 import microcluster
 
 SCHEMA = [
-    "CREATE TABLE kv (key TEXT PRIMARY KEY, value)",
+    "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value)",
     "CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
 ]
 

@@ -458,7 +458,9 @@ impl Daemon {
                 .unwrap_or_else(certs::hostname),
             address: member.map(|m| m.address).unwrap_or_default(),
             version: self.version.clone(),
-            ready: self.is_ready(),
+            // SPEC §2.3: ready once start-up has finished and the database is open (so never
+            // while un-initialised), as upstream reports whether its database is open.
+            ready: self.is_ready() && self.database_state() == DatabaseState::Online,
             extensions: self.extensions.clone(),
         }
     }

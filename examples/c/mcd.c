@@ -35,7 +35,7 @@
 
 static const char *START_ARGS =
     "{\"version\": \"1.0\", \"schema_updates\": ["
-    "\"CREATE TABLE greetings (member TEXT PRIMARY KEY, seq INTEGER NOT NULL)\"],"
+    "\"CREATE TABLE greetings (member TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL)\"],"
     " \"extension_servers\": [{\"name\": \"mcd.example.com\", \"core_api\": true,"
     " \"serve_unix\": true, \"resources\": [{\"path_prefix\": \"1.0\", \"endpoints\": ["
     " {\"name\": \"greeting\", \"path\": \"greetings/{member}\","

@@ -21,7 +21,7 @@ import { createRequire } from 'node:module'
 
 const { App } = createRequire(import.meta.url)(process.env.MICROCLUSTER_MODULE || '../../bindings-node/index.js')
 
-const SCHEMA = ['CREATE TABLE greetings (member TEXT PRIMARY KEY, seq INTEGER NOT NULL)']
+const SCHEMA = ['CREATE TABLE greetings (member TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL)']
 const USAGE = 'usage: mcd.mjs <state_dir> bootstrap|join|run|token|query|stop ... (see the top of mcd.mjs)'
 
 const log = (message) => console.log(`mcd: ${message}`)

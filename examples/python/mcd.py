@@ -24,7 +24,7 @@ from typing import Any
 
 import microcluster
 
-SCHEMA = ["CREATE TABLE greetings (member TEXT PRIMARY KEY, seq INTEGER NOT NULL)"]
+SCHEMA = ["CREATE TABLE greetings (member TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL)"]
 
 
 def log(message: str) -> None:

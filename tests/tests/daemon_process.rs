@@ -20,7 +20,8 @@ fn waitready_status_and_shutdown() {
     let (stdout, stderr) = texts(&out);
     assert!(out.status.success(), "{stderr}");
     let status: serde_json::Value = serde_yaml_ng::from_str(&stdout).unwrap();
-    assert_eq!(status["ready"], true);
+    // SPEC §2.3: an un-initialised member is not ready.
+    assert_eq!(status["ready"], false);
     assert_eq!(status["address"], "");
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(

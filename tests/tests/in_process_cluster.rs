@@ -31,7 +31,7 @@ impl Member {
                     .start(DaemonArgs {
                         version: "1.0".into(),
                         schema_updates: vec![
-                            "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+                            "CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)"
                                 .into(),
                         ],
                         ..DaemonArgs::default()

@@ -64,6 +64,11 @@ fn bad_sql_is_refused_clearly_and_changes_nothing() {
             "CREATE TABLE nokey (v TEXT)",
             "Failed to exec query: Table \"nokey\" has no PRIMARY KEY",
         ),
+        // Rows with a NULL key could not be replicated as changesets.
+        (
+            "CREATE TABLE nullkey (k TEXT PRIMARY KEY, v TEXT)",
+            "Failed to exec query: Table \"nullkey\" has a PRIMARY KEY column \"k\" that may be NULL; declare it NOT NULL",
+        ),
         ("", "No query provided"),
         ("  ;  -- nothing\n", "No query provided"),
     ];

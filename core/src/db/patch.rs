@@ -56,11 +56,8 @@ fn dry_run(conn: &Connection, statements: &[String]) -> std::result::Result<(), 
         for statement in statements {
             sql_text::run_query(conn, statement).map_err(|err| err.to_string())?;
         }
-        match sql_text::tables_without_primary_key(conn)
-            .map_err(|err| err.to_string())?
-            .first()
-        {
-            Some(table) => Err(format!("Table {table:?} has no PRIMARY KEY")),
+        match sql_text::primary_key_violation(conn).map_err(|err| err.to_string())? {
+            Some(violation) => Err(violation),
             None => Ok(()),
         }
     })();

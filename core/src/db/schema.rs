@@ -128,12 +128,9 @@ fn dry_run(conn: &Connection, updates: &[Pending<'_>]) -> Result<()> {
             conn.execute_batch(update.sql).map_err(|err| {
                 Error::invalid(format!("Failed to apply update {}: {err}", update.version))
             })?;
-            if let Some(table) = sql_text::tables_without_primary_key(conn)
-                .map_err(internal)?
-                .first()
-            {
+            if let Some(violation) = sql_text::primary_key_violation(conn).map_err(internal)? {
                 return Err(Error::invalid(format!(
-                    "Failed to apply update {}: Table {table:?} has no PRIMARY KEY",
+                    "Failed to apply update {}: {violation}",
                     update.version
                 )));
             }

@@ -249,28 +249,55 @@ fn is_sqlite_name(name: &str) -> bool {
         .is_some_and(|prefix| prefix.eq_ignore_ascii_case("sqlite_"))
 }
 
-/// The names of the ordinary tables of the main database (not `sqlite_*`, not virtual) that
-/// have no PRIMARY KEY, sorted by name. A table has one when `PRAGMA table_info` shows a
-/// column with `pk > 0`: `INTEGER PRIMARY KEY`, column- or table-level `PRIMARY KEY`, and
-/// every `WITHOUT ROWID` table.
-pub fn tables_without_primary_key(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    let mut tables = conn.prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table'")?;
-    let mut has_primary_key =
-        conn.prepare("SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE pk > 0)")?;
-    let mut names = Vec::new();
+/// Why the ordinary tables of the main database (not `sqlite_*`, not virtual) cannot be
+/// replicated as changesets, if they cannot (DESIGN §4.2: changesets address rows by primary
+/// key), as the message for the first such table by name:
+/// - `Table %q has no PRIMARY KEY`: no column has `pk > 0` in `PRAGMA table_info`
+///   (`INTEGER PRIMARY KEY`, column- or table-level `PRIMARY KEY` and every `WITHOUT ROWID`
+///   table have one);
+/// - `Table %q has a PRIMARY KEY column %q that may be NULL; declare it NOT NULL`: SQLite lets
+///   a rowid table's non-`INTEGER` key be NULL, and the session extension skips such rows, so
+///   they would never reach the other members.
+pub fn primary_key_violation(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let mut tables = conn.prepare(
+        "SELECT s.name, s.sql, coalesce(t.wr, 0) FROM sqlite_schema AS s \
+         LEFT JOIN pragma_table_list AS t ON t.schema = 'main' AND t.name = s.name \
+         WHERE s.type = 'table' ORDER BY s.name",
+    )?;
+    let mut key_columns = conn.prepare(
+        "SELECT name, type, \"notnull\" FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk",
+    )?;
     let mut rows = tables.query([])?;
     while let Some(row) = rows.next()? {
         let name: String = row.get(0)?;
         let sql: Option<String> = row.get(1)?;
+        let without_rowid: bool = row.get(2)?;
         if is_sqlite_name(&name) || sql.as_deref().is_some_and(is_virtual_table) {
             continue;
         }
-        if !has_primary_key.query_row([&name], |row| row.get::<_, bool>(0))? {
-            names.push(name);
+        let columns = key_columns
+            .query_map([&name], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, bool>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if columns.is_empty() {
+            return Ok(Some(format!("Table {name:?} has no PRIMARY KEY")));
+        }
+        let rowid_alias = columns.len() == 1 && columns[0].1.eq_ignore_ascii_case("INTEGER");
+        if without_rowid || rowid_alias {
+            continue;
+        }
+        if let Some((column, _, _)) = columns.iter().find(|(_, _, not_null)| !not_null) {
+            return Ok(Some(format!(
+                "Table {name:?} has a PRIMARY KEY column {column:?} that may be NULL; declare it NOT NULL"
+            )));
         }
     }
-    names.sort();
-    Ok(names)
+    Ok(None)
 }
 
 /// SQLite's keywords (`sqlite3_keyword_name`), sorted, for quoting names like the shell.
@@ -966,27 +993,56 @@ mod tests {
     }
 
     #[test]
-    fn tables_without_primary_key_are_listed_sorted() {
-        let conn = memory();
-        conn.execute_batch(
-            "CREATE TABLE zeta (a TEXT, b INTEGER);
-             CREATE TABLE alpha (x);
-             CREATE TABLE \"with space\" (x UNIQUE);
-             CREATE TABLE rowid_alias (id INTEGER PRIMARY KEY, v TEXT);
-             CREATE TABLE auto (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
-             CREATE TABLE column_pk (name TEXT PRIMARY KEY, v TEXT);
-             CREATE TABLE table_pk (a INTEGER, b INTEGER, PRIMARY KEY (a, b));
-             CREATE TABLE without_rowid (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
-             CREATE VIRTUAL TABLE docs USING fts5 (body);
-             CREATE VIEW v AS SELECT * FROM zeta;
-             CREATE INDEX zeta_a ON zeta (a);",
-        )
-        .unwrap();
+    fn tables_that_cannot_be_replicated_are_named() {
+        let violation = |schema: &str| {
+            let conn = memory();
+            conn.execute_batch(schema).unwrap();
+            primary_key_violation(&conn).unwrap()
+        };
+        assert_eq!(violation(""), None);
         assert_eq!(
-            tables_without_primary_key(&conn).unwrap(),
-            ["alpha", "with space", "zeta"]
+            violation(
+                "CREATE TABLE rowid_alias (id INTEGER PRIMARY KEY, v TEXT);
+                 CREATE TABLE auto (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+                 CREATE TABLE column_pk (name TEXT PRIMARY KEY NOT NULL, v TEXT);
+                 CREATE TABLE table_pk (a INTEGER NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b));
+                 CREATE TABLE without_rowid (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+                 CREATE VIRTUAL TABLE docs USING fts5 (body);
+                 CREATE VIEW v AS SELECT * FROM auto;"
+            ),
+            None
         );
-        assert!(tables_without_primary_key(&memory()).unwrap().is_empty());
+        // The first table by name.
+        assert_eq!(
+            violation(
+                "CREATE TABLE zeta (a TEXT, b INTEGER);
+                 CREATE TABLE alpha (x UNIQUE);
+                 CREATE INDEX zeta_a ON zeta (a);"
+            )
+            .as_deref(),
+            Some("Table \"alpha\" has no PRIMARY KEY")
+        );
+        let nullable = "has a PRIMARY KEY column";
+        for (schema, table, column) in [
+            ("CREATE TABLE kv (key TEXT PRIMARY KEY, v)", "kv", "key"),
+            ("CREATE TABLE n (id INT PRIMARY KEY)", "n", "id"),
+            (
+                "CREATE TABLE pair (a INTEGER NOT NULL, b INTEGER, PRIMARY KEY (a, b))",
+                "pair",
+                "b",
+            ),
+        ] {
+            assert_eq!(
+                violation(schema).as_deref(),
+                Some(
+                    format!(
+                        "Table {table:?} {nullable} {column:?} that may be NULL; declare it NOT NULL"
+                    )
+                    .as_str()
+                ),
+                "{schema}"
+            );
+        }
     }
 
     #[test]

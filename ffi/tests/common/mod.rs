@@ -114,7 +114,7 @@ pub fn new_app(dir: &Path) -> *mut mc_app {
 
 /// The schema updates of the test members.
 pub const START_ARGS: &str = r#"{"version": "1.0", "schema_updates": [
-    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)",
     "CREATE TABLE items (id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, n TEXT)"
 ]}"#;
 

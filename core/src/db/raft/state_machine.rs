@@ -364,13 +364,8 @@ fn apply_command(
                     message: err.to_string(),
                 },
                 // Changesets address rows by primary key (DESIGN §4.2).
-                Ok(()) => match crate::db::sql_text::tables_without_primary_key(tx)
-                    .or_fail(WRITE_SM)?
-                    .first()
-                {
-                    Some(table) => CommandResult::Failed {
-                        message: format!("Table {table:?} has no PRIMARY KEY"),
-                    },
+                Ok(()) => match crate::db::sql_text::primary_key_violation(tx).or_fail(WRITE_SM)? {
+                    Some(message) => CommandResult::Failed { message },
                     None => CommandResult::Applied {
                         rows_affected: tx.total_changes() - before,
                     },

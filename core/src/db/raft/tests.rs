@@ -26,7 +26,7 @@ fn sql(text: &str) -> Command {
     Command::Sql { sql: text.into() }
 }
 
-const KV: &str = "CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);";
+const KV: &str = "CREATE TABLE kv (k TEXT PRIMARY KEY NOT NULL, v TEXT NOT NULL);";
 
 /// Runs `statements` on a scratch database holding `kv` as `rows`, and returns the changeset.
 fn changeset(rows: &[(&str, &str)], statements: &str) -> Vec<u8> {
