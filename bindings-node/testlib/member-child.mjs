@@ -22,7 +22,7 @@ import readline from 'node:readline'
 const { App } = createRequire(import.meta.url)('../index.js')
 
 const SCHEMA = [
-  'CREATE TABLE kv (key TEXT PRIMARY KEY, value)',
+  'CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value)',
   'CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)',
 ]
 const HOOK_NAMES = ['preInit', 'postBootstrap', 'preJoin', 'postJoin', 'onNewMember', 'onStart',

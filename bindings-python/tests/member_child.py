@@ -27,7 +27,7 @@ from typing import Any
 import microcluster
 
 SCHEMA = [
-    "CREATE TABLE kv (key TEXT PRIMARY KEY, value)",
+    "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value)",
     "CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
 ]
 HOOKS = (
