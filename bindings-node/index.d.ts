@@ -246,6 +246,18 @@ export declare class App {
   revokeJoinToken(name: string): Promise<void>
   /** The cluster members with role and status. */
   clusterMembers(): Promise<ClusterMember[]>
+  /**
+   * The members as this member's own `database/` has them (SPEC §14.1), sorted by name; works
+   * with the daemon stopped. `id` is the Raft id as a decimal string.
+   */
+  localMembers(): Promise<LocalMember[]>
+  /**
+   * Quorum-loss recovery (SPEC §14.2) with every member stopped: rewrites this member's Raft
+   * membership to exactly `members` (`localMembers()` with edited roles and addresses) and
+   * resolves with the recovery tarball's path, to copy into every other surviving member's
+   * state directory before it starts. An invalid list rejects with `MC_INVALID_ARGUMENT`.
+   */
+  recover(members: LocalMember[]): Promise<string>
   /** Removes the member `name`; `force` ignores its failures, `address` also removes orphans there. */
   removeClusterMember(name: string, options?: { force?: boolean, address?: string }): Promise<void>
   /** Runs `query` through the SQL API: `{ Results: [...] }`. */
@@ -280,3 +292,14 @@ export declare function setLogHandler(
   handler: ((level: LogLevel, target: string, message: string) => void) | null,
   level?: LogLevel,
 ): void
+
+/** A member of the local Raft view. */
+export interface LocalMember {
+  /** The Raft id, an unsigned 64-bit integer, as a decimal string. */
+  id: string
+  name: string
+  /** `IP:port`; may be changed for `recover`. */
+  address: string
+  /** `voter`, `stand-by` or `spare`; may be changed for `recover`. */
+  role: 'voter' | 'stand-by' | 'spare'
+}

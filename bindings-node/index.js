@@ -178,6 +178,12 @@ class App {
   async joinTokens () { return this.#native.joinTokens() }
   async revokeJoinToken (name) { return this.#native.revokeJoinToken(name) }
   async clusterMembers () { return this.#native.clusterMembers() }
+  async localMembers () { return this.#native.localMembers() }
+  async recover (members) {
+    if (!Array.isArray(members)) throw new TypeError('recover expects an array of members')
+    return this.#native.recover(members)
+  }
+
   async removeClusterMember (name, options = {}) {
     return this.#native.removeClusterMember(name, options.force, options.address)
   }

@@ -516,6 +516,40 @@ mc_result mc_app_cluster_members(const struct mc_app *app,
                                  struct mc_error **err);
 
 /**
+ * The members as this member's own `database/` has them (SPEC §14.1), as a JSON array of
+ * `{"id", "name", "address", "role"}` sorted by name, in `*json_out`, freed by the caller with
+ * `mc_string_free`. `id` is the Raft id, an unsigned 64-bit integer (parse it without losing
+ * precision). Reads the state directory: works whether or not a daemon runs.
+ *
+ * Thread-safety: any thread.
+ *
+ * # Safety
+ * `app` is a live app; `json_out` valid for a write; `err` as for `mc_app_new`.
+ */
+mc_result mc_app_local_members(const struct mc_app *app,
+                               char **json_out,
+                               struct mc_error **err);
+
+/**
+ * Quorum-loss recovery (SPEC §14.2), with every member's daemon stopped: rewrites this
+ * member's Raft membership to exactly `members_json` (the `mc_app_local_members` array with
+ * edited roles and addresses; members cannot be added or removed) and returns the path of
+ * the recovery tarball in `*path_out`, freed by the caller with `mc_string_free`. Copy the
+ * tarball into the state directory of every other surviving member before it starts. Fails
+ * with `MC_ERR_INVALID_ARGUMENT` for an invalid list and when a daemon still runs.
+ *
+ * Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+ *
+ * # Safety
+ * `app` is a live app; `members_json` NUL-terminated; `path_out` valid for a write; `err` as
+ * for `mc_app_new`.
+ */
+mc_result mc_app_recover(const struct mc_app *app,
+                         const char *members_json,
+                         char **path_out,
+                         struct mc_error **err);
+
+/**
  * Runs `query` (one or more SQL statements) through the SQL API and returns
  * `{"Results": [{"type", "columns", "rows", "rows_affected"}, …]}` in `*json_out`, freed by the
  * caller with `mc_string_free`. Works with a daemon in this process or another.

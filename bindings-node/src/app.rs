@@ -10,6 +10,7 @@ use std::time::Duration;
 use microcluster::{Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, Spawned};
 use napi::Env;
 use napi::bindgen_prelude::Object;
+use microcluster::membership::local::LocalMember;
 use napi_derive::napi;
 use serde::Serialize;
 
@@ -39,6 +40,18 @@ fn millis(ms: f64) -> microcluster::Result<Duration> {
 /// A serializable core value as JSON for JavaScript.
 fn json(value: &impl Serialize) -> microcluster::Result<serde_json::Value> {
     serde_json::to_value(value).map_err(|err| Error::internal(err.to_string()))
+}
+
+/// A member of the local view from JavaScript, whose `id` is a decimal string (or a number
+/// small enough to be exact).
+fn local_member(mut value: serde_json::Value) -> microcluster::Result<LocalMember> {
+    if let Some(id) = value.get("id").and_then(|id| id.as_str()) {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| Error::invalid(format!("Invalid members: id {id:?} is not a Raft id")))?;
+        value["id"] = serde_json::Value::from(id);
+    }
+    serde_json::from_value(value).map_err(|err| Error::invalid(format!("Invalid members: {err}")))
 }
 
 /// What `start` runs the daemon with.
@@ -302,6 +315,50 @@ impl JsApp {
         self.call(env, move |app| async move {
             app.remove_cluster_member(&name, force.unwrap_or(false), address.as_deref())
                 .await
+        })
+    }
+
+    /// The members as this member's own `database/` has them (SPEC §14.1): `{ id, name,
+    /// address, role }` sorted by name, `id` (the Raft id, an unsigned 64-bit integer) as a
+    /// decimal string. Works with the daemon stopped.
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<Array<{ id: string, name: string, address: string, role: string }>>"
+    )]
+    pub fn local_members<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
+        self.call(env, |app| async move {
+            let members = app.local_members()?;
+            let members: Vec<serde_json::Value> = members
+                .into_iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "id": m.id.to_string(),
+                        "name": m.name,
+                        "address": m.address,
+                        "role": m.role,
+                    })
+                })
+                .collect();
+            Ok(serde_json::Value::Array(members))
+        })
+    }
+
+    /// Quorum-loss recovery (SPEC §14.2) with every member stopped: rewrites this member's Raft
+    /// membership to exactly `members` (`localMembers()` with edited roles and addresses) and
+    /// resolves with the path of the recovery tarball.
+    #[napi(catch_unwind, ts_return_type = "Promise<string>")]
+    pub fn recover<'env>(
+        &self,
+        env: &'env Env,
+        members: Vec<serde_json::Value>,
+    ) -> napi::Result<Object<'env>> {
+        self.call(env, move |app| async move {
+            let members = members
+                .into_iter()
+                .map(local_member)
+                .collect::<microcluster::Result<Vec<_>>>()?;
+            let path = app.recover_from_quorum_loss(members).await?;
+            Ok(path.to_string_lossy().into_owned())
         })
     }
 

@@ -289,6 +289,29 @@ impl PyApp {
         })
     }
 
+    /// The members as this member's own `database/` has them (SPEC §14.1), as dicts
+    /// `{"id", "name", "address", "role"}` sorted by name; works with the daemon stopped.
+    fn local_members(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let members = self.app.local_members().map_err(|err| to_py(py, err))?;
+        json::to_python(py, &members)
+    }
+
+    /// Quorum-loss recovery (SPEC §14.2), with every member's daemon stopped: rewrites this
+    /// member's Raft membership to exactly `members` (the `local_members()` list with edited
+    /// roles and addresses) and returns the path of the recovery tarball, to copy into every
+    /// other surviving member's state directory before it starts.
+    fn recover(&self, py: Python<'_>, members: Bound<'_, PyAny>) -> PyResult<String> {
+        let members = json::from_python(&members)?;
+        let members = serde_json::from_value(members).map_err(|err| {
+            let message = format!("Invalid members: {err}");
+            to_py(py, microcluster::Error::invalid(message))
+        })?;
+        let path = self.call(py, move |app| async move {
+            app.recover_from_quorum_loss(members).await
+        })?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+
     /// Runs `query` through the SQL API: `{"Results": [{"type", "columns", "rows",
     /// "rows_affected"}, ...]}`.
     fn sql(&self, py: Python<'_>, query: String) -> PyResult<Py<PyAny>> {

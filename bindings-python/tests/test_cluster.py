@@ -4,6 +4,8 @@ concurrent counters, hooks in order, removal."""
 import threading
 from datetime import timedelta
 
+import pytest
+
 import microcluster
 from conftest import wait_for
 
@@ -111,3 +113,23 @@ def test_hooks_use_state_async_hooks_and_failing_pre_join(make_member):
     c2.app.ready(timeout=60)
     c2.app.join_cluster("c2", c2.address, c1.app.new_join_token("c2"))
     assert sorted(m["name"] for m in c2.app.cluster_members()) == ["c1", "c2"]
+
+
+def test_local_view_and_recovery_with_the_daemons_stopped(make_member):
+    """``local_members`` reads the Raft view with the daemon stopped; ``recover`` rewrites it
+    and returns the tarball; bad lists are refused."""
+    c1, c2 = make_member("c1"), make_member("c2")
+    c1.app.new_cluster("c1", c1.address)
+    c2.app.join_cluster("c2", c2.address, c1.app.new_join_token("c2"))
+    c2.app.stop()
+    c1.app.stop()
+    view = c1.app.local_members()
+    assert [(m["name"], m["role"]) for m in view] == [("c1", "voter"), ("c2", "voter")]
+    with pytest.raises(microcluster.InvalidArgumentError, match="members cannot be added or removed"):
+        c1.app.recover(view[:1])
+    with pytest.raises(microcluster.InvalidArgumentError, match="Invalid members"):
+        c1.app.recover([{"id": "x"}])
+    view[1]["role"] = "spare"
+    tarball = c1.app.recover(view)
+    assert tarball.endswith("recovery_db.tar.gz")
+    assert [m["role"] for m in c1.app.local_members()] == ["voter", "spare"]

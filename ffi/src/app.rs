@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use microcluster_core::extensions::{BlockingEndpoints, ServerSpec};
+use microcluster_core::membership::local::LocalMember;
 use microcluster_core::{
     App, Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, Spawned, runtime,
 };
@@ -498,6 +499,64 @@ pub unsafe extern "C" fn mc_app_cluster_members(
         let app = unsafe { arg(app, "app") }?;
         let out = unsafe { Out::new(json_out, "json_out") }?;
         out.write_json(&app.block(|app| async move { app.cluster_members().await })?)
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// The members as this member's own `database/` has them (SPEC §14.1), as a JSON array of
+/// `{"id", "name", "address", "role"}` sorted by name, in `*json_out`, freed by the caller with
+/// `mc_string_free`. `id` is the Raft id, an unsigned 64-bit integer (parse it without losing
+/// precision). Reads the state directory: works whether or not a daemon runs.
+///
+/// Thread-safety: any thread.
+///
+/// # Safety
+/// `app` is a live app; `json_out` valid for a write; `err` as for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_local_members(
+    app: *const mc_app,
+    json_out: *mut *mut c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let out = unsafe { Out::new(json_out, "json_out") }?;
+        out.write_json(&app.app.local_members()?)
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Quorum-loss recovery (SPEC §14.2), with every member's daemon stopped: rewrites this
+/// member's Raft membership to exactly `members_json` (the `mc_app_local_members` array with
+/// edited roles and addresses; members cannot be added or removed) and returns the path of
+/// the recovery tarball in `*path_out`, freed by the caller with `mc_string_free`. Copy the
+/// tarball into the state directory of every other surviving member before it starts. Fails
+/// with `MC_ERR_INVALID_ARGUMENT` for an invalid list and when a daemon still runs.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `members_json` NUL-terminated; `path_out` valid for a write; `err` as
+/// for `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_recover(
+    app: *const mc_app,
+    members_json: *const c_char,
+    path_out: *mut *mut c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let members: Vec<LocalMember> = parse_json(
+            unsafe { str_arg(members_json, "members_json") }?,
+            "members_json",
+        )?;
+        let out = unsafe { Out::new(path_out, "path_out") }?;
+        let path =
+            app.block(move |app| async move { app.recover_from_quorum_loss(members).await })?;
+        out.write_string(&path.to_string_lossy())
     };
     // SAFETY: `err` is NULL or valid for a write, per the contract.
     unsafe { boundary::call(err, body) }

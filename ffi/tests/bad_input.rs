@@ -326,3 +326,50 @@ fn log_levels_out_of_range_are_refused_and_events_reach_the_callback() {
     tracing::error!(target: "bad_input", "after removal");
     assert_eq!(*SEEN.lock().unwrap(), vec![(2, "kept".to_string())]);
 }
+
+#[test]
+fn recovery_input_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = new_app(dir.path());
+    // A member that never joined a cluster has an empty local view.
+    // SAFETY: a live app and valid out-parameters.
+    let view = common::json_out("mc_app_local_members", |out, err| unsafe {
+        mc_app_local_members(app, out, err)
+    });
+    assert_eq!(view, serde_json::json!([]));
+    let mut out: *mut c_char = ptr::null_mut();
+    for (members, code, words) in [
+        (
+            "not json",
+            mc_result::MC_ERR_INVALID_ARGUMENT,
+            "members_json",
+        ),
+        (
+            "[{\"id\": \"x\"}]",
+            mc_result::MC_ERR_INVALID_ARGUMENT,
+            "members_json",
+        ),
+        (
+            "[]",
+            mc_result::MC_ERR_INVALID_ARGUMENT,
+            "At least one voter is required",
+        ),
+    ] {
+        let members = c(members);
+        expect(
+            // SAFETY: valid arguments.
+            call(|err| unsafe { mc_app_recover(app, members.as_ptr(), &mut out, err) }),
+            code,
+            words,
+        );
+    }
+    expect(
+        // SAFETY: NULL members, otherwise valid.
+        call(|err| unsafe { mc_app_recover(app, ptr::null(), &mut out, err) }),
+        mc_result::MC_ERR_NULL_ARGUMENT,
+        "members_json",
+    );
+    assert!(out.is_null(), "nothing is written on failure");
+    // SAFETY: a live app, freed once.
+    unsafe { mc_app_free(app) };
+}

@@ -181,6 +181,49 @@ fn three_members_bootstrap_join_and_share_transactions() {
         mc_result::MC_ERR_INVALID_ARGUMENT,
         "{failed:?}"
     );
+
+    // Quorum-loss recovery from C, with every member stopped: the local view, then the same
+    // members with c3 made a spare.
+    for member in &members {
+        // SAFETY: live apps.
+        common::ok("mc_app_stop", |err| unsafe {
+            mc_app_stop(member.app(), err)
+        });
+    }
+    // SAFETY: a live app and valid out-parameters.
+    let view = json_out("mc_app_local_members", |out, err| unsafe {
+        mc_app_local_members(members[0].app(), out, err)
+    });
+    let mut view = view.as_array().unwrap().clone();
+    let names: Vec<_> = view.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["c1", "c2", "c3"]);
+    assert!(view.iter().all(|m| m["id"].is_u64()), "{view:?}");
+    view[2]["role"] = json!("spare");
+    let edited = c(&serde_json::Value::Array(view.clone()).to_string());
+    // SAFETY: a live app and valid arguments.
+    let tarball = common::string_out("mc_app_recover", |out, err| unsafe {
+        mc_app_recover(members[0].app(), edited.as_ptr(), out, err)
+    });
+    assert!(tarball.ends_with("recovery_db.tar.gz"), "{tarball}");
+    assert!(std::path::Path::new(&tarball).exists());
+    // SAFETY: as above.
+    let after = json_out("mc_app_local_members", |out, err| unsafe {
+        mc_app_local_members(members[0].app(), out, err)
+    });
+    assert_eq!(after[2]["role"], "spare");
+    // A list that changes the members is refused, and changes nothing.
+    let fewer = c(&serde_json::Value::Array(view[..2].to_vec()).to_string());
+    let mut out = ptr::null_mut();
+    // SAFETY: as above.
+    let refused =
+        call(|err| unsafe { mc_app_recover(members[0].app(), fewer.as_ptr(), &mut out, err) })
+            .unwrap_err();
+    assert_eq!(refused.code, mc_result::MC_ERR_INVALID_ARGUMENT);
+    assert!(
+        refused
+            .message
+            .contains("members cannot be added or removed")
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@ a worker thread with ``asyncio.to_thread``."""
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -91,6 +91,14 @@ class AsyncApp:
     async def cluster_members(self) -> list[dict[str, Any]]:
         """See :meth:`App.cluster_members`."""
         return await asyncio.to_thread(self.app.cluster_members)
+
+    def local_members(self) -> list[dict[str, Any]]:
+        """See :meth:`App.local_members` (it reads local files and does not block for long)."""
+        return self.app.local_members()
+
+    async def recover(self, members: Sequence[Mapping[str, Any]]) -> str:
+        """See :meth:`App.recover`."""
+        return await asyncio.to_thread(self.app.recover, members)
 
     async def remove_cluster_member(
         self, name: str, force: bool = False, address: str | None = None

@@ -1,7 +1,7 @@
 """The native part of the microcluster package (pyo3)."""
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, final
@@ -88,6 +88,13 @@ class App:
         """The cluster members with role and status."""
     def remove_cluster_member(self, name: str, force: bool = False, address: str | None = None) -> None:
         """Removes the member ``name`` from the cluster."""
+    def local_members(self) -> list[dict[str, Any]]:
+        """The members as this member's own ``database/`` has them: ``{"id", "name",
+        "address", "role"}``, sorted by name; works with the daemon stopped."""
+    def recover(self, members: Sequence[Mapping[str, Any]]) -> str:
+        """Quorum-loss recovery with every daemon stopped: rewrites the Raft membership to
+        ``members`` (``local_members()`` with edited roles and addresses) and returns the
+        recovery tarball's path, to copy to the other surviving members before they start."""
     def sql(self, query: str) -> dict[str, Any]:
         """Runs ``query`` through the SQL API."""
     def query(self, method: str, path: str, body: Any = None) -> Any:
