@@ -17,8 +17,9 @@
  *
  * Prints one line per check and ends with "N passed, M failed"; exits 1 on any failure.
  * MCTEST_WAIT_S (default 180) bounds every wait on a condition. `make test` runs `mctest bad`
- * under valgrind memcheck and `mctest cluster` natively: under valgrind, the cluster's Raft and
- * TLS work is too slow for the library's 30 s deadlines (joins and commits time out).
+ * under valgrind memcheck and `mctest cluster` built with ASan/LSan (mctest-asan): under
+ * valgrind, the cluster's Raft and TLS work is too slow for the library's 30 s deadlines (joins
+ * and commits time out).
  */
 
 #define _XOPEN_SOURCE 700
