@@ -34,7 +34,7 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last often empty).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "cargo: %d passed, %d failed\n", passed, failed }' "$log"
 
-echo "== C example (mcd): the library as shipped, a 3-process cluster, valgrind"
+echo "== C example (mcd) and C tests (mctest): the library as shipped, a 3-process cluster, a 3-member cluster in one process, bad input under valgrind"
 make -C examples/c
 make -C examples/c test
 
