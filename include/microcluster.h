@@ -275,8 +275,10 @@ typedef void (*mc_log_fn)(void *userdata,
 /**
  * The body of a transaction. `userdata` is the one given to `mc_app_transaction`; `tx` is valid
  * only during the call. Return 0 to commit what the function did; non-zero rolls it back and
- * makes `mc_app_transaction` fail with the error left in `*err` (by `mc_error_set`, or by a
- * failed `mc_tx_*` call given the same `err`), or with a generic one.
+ * makes `mc_app_transaction` fail with the message of the error left in `*err` (by
+ * `mc_error_set`, or by a failed `mc_tx_*` call given the same `err`), or with a generic one.
+ * The code travels as its HTTP class: `MC_ERR_NULL_ARGUMENT` and `MC_ERR_INVALID_UTF8` arrive
+ * as `MC_ERR_INVALID_ARGUMENT`, like any bad input.
  *
  * The function may run **more than once**: after a conflict with concurrent writers the library
  * runs it again on fresh state (a bounded number of times). Keep side effects outside the

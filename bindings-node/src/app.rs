@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use microcluster::membership::local::LocalMember;
 use microcluster::{Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, Spawned};
 use napi::Env;
 use napi::bindgen_prelude::Object;
-use microcluster::membership::local::LocalMember;
 use napi_derive::napi;
 use serde::Serialize;
 
