@@ -518,6 +518,24 @@ mc_result mc_app_cluster_members(const struct mc_app *app,
                                  struct mc_error **err);
 
 /**
+ * Removes the member `name` from the cluster (SPEC §9): its PreRemove hook runs on it and
+ * PostRemove on the others, and it resets. With `force` non-zero, failures of the member
+ * being removed (unreachable, failing hooks) do not stop the removal; `address` (NULL: none)
+ * also removes orphans at that address. An unknown name fails with its message.
+ *
+ * Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+ *
+ * # Safety
+ * `app` is a live app; `name` NUL-terminated; `address` NULL or NUL-terminated; `err` as for
+ * `mc_app_new`.
+ */
+mc_result mc_app_remove_cluster_member(const struct mc_app *app,
+                                       const char *name,
+                                       int force,
+                                       const char *address,
+                                       struct mc_error **err);
+
+/**
  * The members as this member's own `database/` has them (SPEC §14.1), as a JSON array of
  * `{"id", "name", "address", "role"}` sorted by name, in `*json_out`, freed by the caller with
  * `mc_string_free`. `id` is the Raft id, an unsigned 64-bit integer (parse it without losing

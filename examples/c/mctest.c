@@ -221,6 +221,10 @@ static void test_bad_input(const char *root) {
                 mc_app_status(app, NULL, &err_));
     EXPECT_FAIL("mc_app_ready(NULL app)", MC_ERR_NULL_ARGUMENT, "Argument app is NULL",
                 mc_app_ready(NULL, 0, &err_));
+    EXPECT_FAIL("mc_app_remove_cluster_member(NULL name)", MC_ERR_NULL_ARGUMENT,
+                "Argument name is NULL", mc_app_remove_cluster_member(app, NULL, 0, NULL, &err_));
+    EXPECT_FAIL("mc_app_recover(NULL members_json)", MC_ERR_NULL_ARGUMENT,
+                "Argument members_json is NULL", mc_app_recover(app, NULL, &out, &err_));
     EXPECT_FAIL("mc_app_new_cluster(NULL name)", MC_ERR_NULL_ARGUMENT, "Argument name is NULL",
                 mc_app_new_cluster(app, NULL, "127.0.0.1:1", NULL, &err_));
     EXPECT_FAIL("mc_app_new_cluster(NULL address)", MC_ERR_NULL_ARGUMENT,
@@ -1097,11 +1101,12 @@ static void test_cluster(const char *root) {
     for (int i = 0; i < 3; i++) {
         from[i] = event_count(&members[i]);
     }
-    json = NULL;
     err = NULL;
-    rc = mc_app_query(c1->app, "DELETE", "/core/1.0/cluster/c3", NULL, &json, &err);
-    expect_ok("c1 removes c3 (DELETE /core/1.0/cluster/c3)", rc, err);
-    mc_string_free(json);
+    rc = mc_app_remove_cluster_member(c1->app, "nonexist", 0, NULL, &err);
+    expect_fail("removing an unknown member", rc, err, MC_ERR_NOT_FOUND, "nonexist");
+    err = NULL;
+    rc = mc_app_remove_cluster_member(c1->app, "c3", 0, NULL, &err);
+    expect_ok("c1 removes c3 (mc_app_remove_cluster_member)", rc, err);
     check(find_event(c3, from[2], "PreRemove", "\"force\":false") >= 0, NULL,
           "c3 ran PreRemove(force=false)");
     check(wait_event(c1, from[0], "PostRemove", "\"force\":false") >= 0 &&

@@ -2,7 +2,7 @@
 //! operations core's `App` offers.
 
 use std::collections::BTreeMap;
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -499,6 +499,40 @@ pub unsafe extern "C" fn mc_app_cluster_members(
         let app = unsafe { arg(app, "app") }?;
         let out = unsafe { Out::new(json_out, "json_out") }?;
         out.write_json(&app.block(|app| async move { app.cluster_members().await })?)
+    };
+    // SAFETY: `err` is NULL or valid for a write, per the contract.
+    unsafe { boundary::call(err, body) }
+}
+
+/// Removes the member `name` from the cluster (SPEC §9): its PreRemove hook runs on it and
+/// PostRemove on the others, and it resets. With `force` non-zero, failures of the member
+/// being removed (unreachable, failing hooks) do not stop the removal; `address` (NULL: none)
+/// also removes orphans at that address. An unknown name fails with its message.
+///
+/// Thread-safety: any thread but a callback thread (`MC_ERR_WOULD_BLOCK` there).
+///
+/// # Safety
+/// `app` is a live app; `name` NUL-terminated; `address` NULL or NUL-terminated; `err` as for
+/// `mc_app_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mc_app_remove_cluster_member(
+    app: *const mc_app,
+    name: *const c_char,
+    force: c_int,
+    address: *const c_char,
+    err: *mut *mut mc_error,
+) -> mc_result {
+    let body = || {
+        let app = unsafe { arg(app, "app") }?;
+        let name = unsafe { str_arg(name, "name") }?.to_string();
+        let address = match address.is_null() {
+            true => None,
+            false => Some(unsafe { str_arg(address, "address") }?.to_string()),
+        };
+        app.block(move |app| async move {
+            app.remove_cluster_member(&name, force != 0, address.as_deref())
+                .await
+        })
     };
     // SAFETY: `err` is NULL or valid for a write, per the contract.
     unsafe { boundary::call(err, body) }

@@ -30,8 +30,8 @@ use std::ffi::c_char;
 pub use app::{
     mc_app, mc_app_cluster_members, mc_app_free, mc_app_join_cluster, mc_app_join_tokens,
     mc_app_local_members, mc_app_new, mc_app_new_cluster, mc_app_new_join_token, mc_app_query,
-    mc_app_ready, mc_app_recover, mc_app_revoke_join_token, mc_app_sql, mc_app_start,
-    mc_app_status, mc_app_stop, mc_app_wait,
+    mc_app_ready, mc_app_recover, mc_app_remove_cluster_member, mc_app_revoke_join_token,
+    mc_app_sql, mc_app_start, mc_app_status, mc_app_stop, mc_app_wait,
 };
 pub use boundary::{mc_string_free, mc_string_new};
 pub use error::{
