@@ -196,6 +196,11 @@ def test_plain_endpoints_are_served_under_1_0(tmp_path):
     """``endpoints=`` is the short form: a core-API server named ``app`` under ``/1.0/``,
     also on the control socket, next to any ``extension_servers``."""
     hello = microcluster.Endpoint("hello/{who}", {"GET": lambda request: f"hi {request.vars['who']}"})
+
+    def refuse(request: microcluster.Request) -> None:
+        raise microcluster.ForbiddenError("members only")
+
+    secret = microcluster.Endpoint("secret", {"GET": refuse})
     other = microcluster.ExtensionServer(
         "other.example.com",
         [microcluster.Endpoint("ping", {"GET": lambda request: "pong"})],
@@ -203,8 +208,11 @@ def test_plain_endpoints_are_served_under_1_0(tmp_path):
         serve_unix=True,
     )
     with microcluster.App(tmp_path / "c1") as app:
-        app.start("1.0", endpoints=[hello], extension_servers=[other])
+        app.start("1.0", endpoints=[hello, secret], extension_servers=[other])
         app.ready(timeout=60)
         app.new_cluster("c1", free_address())
         assert app.query("GET", "/1.0/hello/ann") == "hi ann"
         assert app.query("GET", "/2.0/ping") == "pong"
+        with pytest.raises(microcluster.ForbiddenError, match="members only") as refused:
+            app.query("GET", "/1.0/secret")
+        assert isinstance(refused.value, PermissionError)

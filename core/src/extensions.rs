@@ -512,6 +512,30 @@ pub(crate) fn validate(
                 "Core API server cannot have a pre-defined address",
             ));
         }
+        // A forwarded request goes to the target's core listener, where only core-API
+        // servers are mounted.
+        let proxied = server
+            .resources
+            .iter()
+            .flat_map(|r| &r.endpoints)
+            .any(|endpoint| {
+                [
+                    &endpoint.get,
+                    &endpoint.put,
+                    &endpoint.post,
+                    &endpoint.delete,
+                    &endpoint.patch,
+                ]
+                .into_iter()
+                .flatten()
+                .any(|action| action.proxy_target)
+            });
+        if proxied && !server.core_api {
+            return Err(Error::invalid(format!(
+                "Server {:?} cannot use proxy_target: only core API servers can forward requests to other members",
+                server.name
+            )));
+        }
         if !server.address.is_empty() {
             validate::member_address(&server.address).map_err(|reason| {
                 Error::invalid(format!("Invalid address {:?}: {reason}", server.address))
@@ -881,6 +905,15 @@ mod tests {
         assert_eq!(
             check(&[first, second]).unwrap_err(),
             "Endpoint \"x/{b}\" from server \"two.example.com\" conflicts with another endpoint from server \"one.example.com\""
+        );
+
+        let mut forwarding = server("f.example.com", "1.0", &["x"]);
+        forwarding.core_api = false;
+        forwarding.address = "127.0.0.1:9503".into();
+        forwarding.resources[0].endpoints[0].get = Some(ok().proxy_target());
+        assert_eq!(
+            check(&[forwarding]).unwrap_err(),
+            "Server \"f.example.com\" cannot use proxy_target: only core API servers can forward requests to other members"
         );
 
         // The same path on two dedicated listeners is fine; on the core listener it is not.
