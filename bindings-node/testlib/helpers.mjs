@@ -4,12 +4,20 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 
+// Ports handed out by this process: the kernel may hand a released port out again.
+const givenPorts = new Set()
+
 export async function freePort () {
-  const server = net.createServer()
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address()
-  await new Promise((resolve) => server.close(resolve))
-  return port
+  for (;;) {
+    const server = net.createServer()
+    await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const { port } = server.address()
+    await new Promise((resolve) => server.close(resolve))
+    if (!givenPorts.has(port)) {
+      givenPorts.add(port)
+      return port
+    }
+  }
 }
 
 export function tempDir () {

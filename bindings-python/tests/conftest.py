@@ -18,11 +18,19 @@ SCHEMA = [
 ]
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_address() -> str:
-    """An `IP:port` on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    """An `IP:port` on 127.0.0.1 that nothing listens on right now, never one given before in
+    this process (the kernel may hand a released port out again)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return f"127.0.0.1:{port}"
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:

@@ -159,8 +159,41 @@ static void remove_tree(const char *path) {
     }
 }
 
-/* A free TCP port on 127.0.0.1 as "127.0.0.1:PORT" (like freeport.c). */
+static int free_address_once(char *out, size_t size);
+
+/* Ports handed out so far: the kernel may hand a released port out again. */
+static unsigned given_ports[64];
+static size_t given_count;
+
+static int port_given(unsigned port) {
+    for (size_t i = 0; i < given_count; i++) {
+        if (given_ports[i] == port) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A free TCP port on 127.0.0.1 as "127.0.0.1:PORT" (like freeport.c), never one handed out
+ * before by this process. */
 static int free_address(char *out, size_t size) {
+    for (int attempt = 0; attempt < 100; attempt++) {
+        char candidate[64];
+        if (!free_address_once(candidate, sizeof candidate)) {
+            return 0;
+        }
+        unsigned port = (unsigned)strtoul(strrchr(candidate, ':') + 1, NULL, 10);
+        if (!port_given(port) && given_count < sizeof given_ports / sizeof given_ports[0]) {
+            given_ports[given_count++] = port;
+            snprintf(out, size, "%s", candidate);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A free TCP port on 127.0.0.1 as "127.0.0.1:PORT". */
+static int free_address_once(char *out, size_t size) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET;

@@ -632,10 +632,7 @@ mod tests {
         pair: CertKeyPair,
     }
 
-    fn free_address() -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    }
+    use crate::test_support::free_address;
 
     /// c1 and c2 voters, c3 a stand-by, at free addresses nobody listens on.
     fn cluster() -> (Vec<Seed>, CertKeyPair) {

@@ -57,10 +57,7 @@ impl Member {
     }
 }
 
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
+use crate::test_support::free_address;
 
 /// A state directory that looks initialised (daemon.yaml, a Raft identity, a cluster
 /// certificate), with `peer` in its truststore.

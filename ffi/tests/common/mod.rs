@@ -92,13 +92,19 @@ pub fn string_out(
     unsafe { take_string(out) }
 }
 
-/// A free TCP address on 127.0.0.1 (the port is released before it is returned).
+/// A free TCP address on 127.0.0.1 (the port is released before it is returned), never one
+/// this test process was given before (the kernel may hand a released port out again).
 pub fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    format!(
-        "127.0.0.1:{}",
-        listener.local_addr().expect("local address").port()
-    )
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = listener.local_addr().expect("local address").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return format!("127.0.0.1:{port}");
+        }
+    }
 }
 
 /// A new app for `dir`.
