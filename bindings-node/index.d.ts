@@ -8,11 +8,14 @@ export type SqlValue = null | boolean | number | bigint | string | Uint8Array
  * kind: `MC_INVALID_ARGUMENT`, `MC_FORBIDDEN`, `MC_NOT_FOUND`, `MC_CONFLICT`,
  * `MC_PAYLOAD_TOO_LARGE`, `MC_NOT_IMPLEMENTED`, `MC_UNAVAILABLE`, `MC_TIMEOUT`,
  * `MC_WOULD_BLOCK`, `MC_INTERNAL`. A failing hook reaches the caller of the lifecycle step
- * with the hook's message in `message`.
+ * with the hook's message in `message` and, when the hook ran in this process, the hook's own
+ * error (what it threw or rejected with) as `cause`.
  */
 export interface MicroclusterError extends Error {
   /** The stable error code. */
   code: ErrorCode
+  /** The failing hook's own error, when it ran in this process. */
+  cause?: unknown
 }
 
 /** The codes of {@link MicroclusterError}. */

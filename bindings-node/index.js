@@ -2,7 +2,8 @@
 // Hand-written facade over the native addon (microcluster.node, built by `npm run build`).
 // It only shapes arguments: options objects to positional parameters, user callbacks into
 // async functions (so the addon always receives a Promise and never a synchronous throw),
-// and the transaction function's result kept on this side. All logic lives in Rust.
+// the transaction function's result kept on this side, and a hook's error given back as the
+// `cause` of the lifecycle step it failed. All logic lives in Rust.
 
 const native = require('./microcluster.node')
 
@@ -11,9 +12,45 @@ const HOOKS = [
   'preRemove', 'postRemove', 'onHeartbeat', 'onDaemonConfigUpdate', 'onReset',
 ]
 
-/** Wraps `fn` so that it always returns a Promise (sync throws become rejections). */
-function asAsync (fn) {
-  return async (...args) => { await fn(...args) }
+// A hook's error travels through the library as text, marked with this process and an id, so
+// that the caller of the lifecycle step gets it back as `cause` (hooks that ran in another
+// process leave only their message).
+const HOOK_MARK = / ?\[hook-error:(\d+):(\d+)\]/g
+const KEPT_HOOK_ERRORS = 32
+const hookErrors = new Map()
+let lastHookError = 0
+
+/** Wraps the hook `fn` so that it returns a Promise whose rejection carries the mark. */
+function asHook (fn) {
+  return async (...args) => {
+    try {
+      await fn(...args)
+    } catch (err) {
+      const id = ++lastHookError
+      hookErrors.set(id, err)
+      if (hookErrors.size > KEPT_HOOK_ERRORS) hookErrors.delete(hookErrors.keys().next().value)
+      const message = err instanceof Error ? err.message : String(err)
+      throw new Error(`${message} [hook-error:${process.pid}:${id}]`)
+    }
+  }
+}
+
+/** `promise`, with a hook's error as the `cause` of a rejection that carries its mark. */
+async function withHookCause (promise) {
+  try {
+    return await promise
+  } catch (err) {
+    if (err instanceof Error && typeof err.message === 'string') {
+      for (const [, pid, id] of err.message.matchAll(HOOK_MARK)) {
+        if (Number(pid) === process.pid && hookErrors.has(Number(id))) {
+          err.cause = hookErrors.get(Number(id))
+          hookErrors.delete(Number(id))
+        }
+      }
+      err.message = err.message.replace(HOOK_MARK, '')
+    }
+    throw err
+  }
 }
 
 /**
@@ -141,7 +178,7 @@ class App {
       const hook = options.hooks && options.hooks[name]
       if (hook === undefined || hook === null) continue
       if (typeof hook !== 'function') throw new TypeError(`hooks.${name} must be a function`)
-      hooks[name] = asAsync((state, args) => hook(new State(state), args))
+      hooks[name] = asHook((state, args) => hook(new State(state), args))
     }
     if (options.extensionServers !== undefined && !Array.isArray(options.extensionServers)) {
       throw new TypeError('extensionServers must be an array')
@@ -165,13 +202,16 @@ class App {
     })
   }
 
-  async stop () { return this.#native.stop() }
-  async wait () { return this.#native.wait() }
-  async ready (options = {}) { return this.#native.ready(options.timeoutMs) }
+  async stop () { return withHookCause(this.#native.stop()) }
+  async wait () { return withHookCause(this.#native.wait()) }
+  async ready (options = {}) { return withHookCause(this.#native.ready(options.timeoutMs)) }
   async status () { return this.#native.status() }
-  async newCluster (name, address, config) { return this.#native.newCluster(name, address, config) }
+  async newCluster (name, address, config) {
+    return withHookCause(this.#native.newCluster(name, address, config))
+  }
+
   async joinCluster (name, address, token, config) {
-    return this.#native.joinCluster(name, address, token, config)
+    return withHookCause(this.#native.joinCluster(name, address, token, config))
   }
 
   async newJoinToken (name, options = {}) { return this.#native.newJoinToken(name, options.expireAfterMs) }
@@ -185,7 +225,7 @@ class App {
   }
 
   async removeClusterMember (name, options = {}) {
-    return this.#native.removeClusterMember(name, options.force, options.address)
+    return withHookCause(this.#native.removeClusterMember(name, options.force, options.address))
   }
 
   async sql (query) { return this.#native.sql(query) }

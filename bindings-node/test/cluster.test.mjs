@@ -60,6 +60,10 @@ test('three members: bootstrap, tokens, join, hooks, transactions, removal', asy
     assert.equal(typeof err.code, 'string')
     assert.match(err.code, /^MC_/)
     assert.match(err.message, /no joining today/)
+    assert.doesNotMatch(err.message, /hook-error/)
+    // The hook's own error is the cause.
+    assert.ok(err.cause instanceof Error)
+    assert.equal(err.cause.message, 'no joining today')
     return true
   })
   await a3.ready({ timeoutMs: 60000 })
