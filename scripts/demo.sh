@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo: builds microd and microctl, starts three members on temporary state directories and
 # free loopback ports, bootstraps a cluster on the first, joins the other two with tokens,
-# writes through one member and reads back on every member, removes one member (which resets
-# to un-initialised), then shuts everything down.
+# writes through one member and reads back on every member, calls the example's extension
+# endpoints (a greeting fan-out and a WebSocket, also through ?target=), removes one member
+# (which resets to un-initialised), then shuts everything down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked --bin microd --bin microctl
@@ -35,9 +36,13 @@ done
 ctl c2 cluster list
 ctl c3 sql "INSERT INTO extended_table (key, value) VALUES ('greeting', 'hello from c3'), ('when', datetime('now'))"
 for i in 1 2 3; do ctl c$i sql "SELECT key, value FROM extended_table ORDER BY key"; done
+# The example's extension endpoints: c1 greets the others; then c2 does, asked through c1 (?target=).
+ctl c1 extended
+ctl c1 extended --target c2
+ctl c1 extended websocket --target c3
 ctl c1 cluster remove c3
 ctl c1 cluster list
 ctl c3 status
 for i in 1 2 3; do ctl c$i shutdown; done
 wait
-echo "Demo finished: three members bootstrapped, joined, replicated, one removed, all stopped cleanly."
+echo "Demo finished: three members bootstrapped, joined, replicated, extension endpoints called, one removed, all stopped cleanly."
