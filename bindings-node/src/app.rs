@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use microcluster::membership::local::LocalMember;
-use microcluster::{Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, Spawned};
+use microcluster::{Args, DaemonArgs, DaemonSlot, Error, HookGate, HookSet, Spawned};
 use napi::Env;
 use napi::bindgen_prelude::Object;
 use napi_derive::napi;
@@ -24,8 +24,7 @@ use crate::tx::{TxFunction, closure};
 /// The default validity of a join token (as in the Python binding and the CLI).
 const DEFAULT_TOKEN_VALIDITY: Duration = Duration::from_secs(3 * 3600);
 
-/// A daemon started by `start`.
-#[derive(Clone)]
+/// A daemon started by `start`, with the flag that stops calls into JavaScript.
 struct Daemon {
     spawned: Spawned,
     closed: Arc<AtomicBool>,
@@ -83,16 +82,14 @@ pub struct StartOptions {
 #[napi(js_name = "App")]
 pub struct JsApp {
     app: Arc<microcluster::App>,
-    daemon: Mutex<Option<Daemon>>,
+    daemon: DaemonSlot<Arc<AtomicBool>>,
 }
 
 impl JsApp {
     /// The daemon started by the latest `start`, if any.
     fn daemon(&self) -> Option<Daemon> {
-        self.daemon
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let (spawned, closed) = self.daemon.current()?;
+        Some(Daemon { spawned, closed })
     }
 
     /// A Promise of `f` run with the core app on core's runtime.
@@ -118,7 +115,7 @@ impl JsApp {
         .map_err(|err| to_js(&env, &err))?;
         Ok(JsApp {
             app: Arc::new(app),
-            daemon: Mutex::new(None),
+            daemon: DaemonSlot::default(),
         })
     }
 
@@ -126,17 +123,6 @@ impl JsApp {
     /// serves, `stop` stops it, `wait` waits for its end.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn start<'env>(&self, env: &'env Env, options: StartOptions) -> napi::Result<Object<'env>> {
-        let mut slot = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
-        if slot
-            .as_ref()
-            .is_some_and(|daemon| !daemon.spawned.has_ended())
-        {
-            let err = Error::new(
-                ErrorKind::Conflict,
-                "The daemon of this app is already running",
-            );
-            return Err(to_js(env, &err));
-        }
         let heartbeat_interval =
             millis(options.heartbeat_ms.unwrap_or(0.0)).map_err(|err| to_js(env, &err))?;
         let closed = Arc::new(AtomicBool::new(false));
@@ -167,8 +153,9 @@ impl JsApp {
             extension_servers,
             ..DaemonArgs::default()
         };
-        let spawned = self.app.spawn(args);
-        *slot = Some(Daemon { spawned, closed });
+        self.daemon
+            .start(&self.app, args, closed)
+            .map_err(|err| to_js(env, &err))?;
         promise(env, async { Ok(()) })
     }
 

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use microcluster::{App, Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, Spawned};
+use microcluster::{App, Args, DaemonArgs, DaemonSlot, Error, HookGate, HookSet, Spawned};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt};
 
@@ -22,8 +22,7 @@ use crate::tx::TxFunction;
 /// The default validity of a join token.
 const DEFAULT_TOKEN_VALIDITY: Duration = Duration::from_secs(3 * 3600);
 
-/// A daemon started by `App.start`.
-#[derive(Clone)]
+/// A daemon started by `App.start`, with its hook gate.
 struct Daemon {
     spawned: Spawned,
     gate: Arc<HookGate>,
@@ -48,16 +47,14 @@ fn duration(value: &Bound<'_, PyAny>) -> PyResult<Duration> {
 #[pyclass(name = "App", module = "microcluster._microcluster", frozen, weakref)]
 pub struct PyApp {
     app: Arc<App>,
-    daemon: Mutex<Option<Daemon>>,
+    daemon: DaemonSlot<Arc<HookGate>>,
 }
 
 impl PyApp {
     /// The daemon started by the latest `start`, if any.
     fn daemon(&self) -> Option<Daemon> {
-        self.daemon
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let (spawned, gate) = self.daemon.current()?;
+        Some(Daemon { spawned, gate })
     }
 
     /// Runs `f` with the core app on the runtime and waits for it (see [`block`]).
@@ -83,7 +80,7 @@ impl PyApp {
         .map_err(|err| to_py(py, err))?;
         Ok(PyApp {
             app: Arc::new(app),
-            daemon: Mutex::new(None),
+            daemon: DaemonSlot::default(),
         })
     }
 
@@ -112,17 +109,6 @@ impl PyApp {
             .map(|heartbeat| duration(&heartbeat))
             .transpose()?
             .unwrap_or_default();
-        let mut slot = this.daemon.lock().unwrap_or_else(|p| p.into_inner());
-        if slot
-            .as_ref()
-            .is_some_and(|daemon| !daemon.spawned.has_ended())
-        {
-            let err = Error::new(
-                ErrorKind::Conflict,
-                "The daemon of this app is already running",
-            );
-            return Err(to_py(py, err));
-        }
         let gate = Arc::new(HookGate::default());
         let extension_servers = match (extension_servers, endpoints) {
             (None, None) => Vec::new(),
@@ -150,9 +136,9 @@ impl PyApp {
             extension_servers,
             ..DaemonArgs::default()
         };
-        let spawned = this.app.spawn(args);
-        *slot = Some(Daemon { spawned, gate });
-        Ok(())
+        this.daemon
+            .start(&this.app, args, gate)
+            .map_err(|err| to_py(py, err))
     }
 
     /// Stops the daemon this app started and waits until it has ended and no hook of it runs

@@ -413,10 +413,15 @@ impl Daemon {
         }
         node.failure_domain = failure_domain;
         let deadline = std::time::Instant::now() + PUBLISH_TIMEOUT;
-        {
-            let _serialised = self.membership_lock.lock().await;
-            db.set_own_node(node, deadline).await?;
-        }
+        // On the leader the change runs here, serialised with the heartbeat's membership
+        // changes; from a follower the leader's set-node handler serialises it, and this
+        // member holds no lock while the request travels.
+        let serialised = match db.is_leader() {
+            true => Some(self.membership_lock.lock().await),
+            false => None,
+        };
+        db.set_own_node(node, deadline).await?;
+        drop(serialised);
         let published = |db: &Database| {
             db.members()
                 .iter()

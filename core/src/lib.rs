@@ -40,5 +40,5 @@ pub use error::{Error, ErrorKind, Result};
 pub use hooks::{
     BlockingHooks, HookEvent, HookFuture, HookGate, HookSet, Hooks, InitConfig, RoleChange, State,
 };
-pub use spawned::Spawned;
+pub use spawned::{DaemonSlot, Spawned};
 pub use types::{ClusterMember, Server, TokenRecord};

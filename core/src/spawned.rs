@@ -17,6 +17,41 @@ const STOP_RETRY_FOR: Duration = Duration::from_secs(30);
 /// The pause between those attempts (cut short when the daemon ends).
 const STOP_RETRY_EVERY: Duration = Duration::from_millis(50);
 
+/// The daemon a binding's app handle started last, with what the binding keeps beside it (its
+/// hook gate, say). Each C, Python or Node app holds one, so that a second start while the
+/// daemon runs is refused the same way everywhere.
+pub struct DaemonSlot<T>(std::sync::Mutex<Option<(Spawned, T)>>);
+
+impl<T: Clone> Default for DaemonSlot<T> {
+    fn default() -> Self {
+        DaemonSlot(std::sync::Mutex::new(None))
+    }
+}
+
+impl<T: Clone> DaemonSlot<T> {
+    /// Spawns the daemon of `app` with `args` and keeps `companion` beside it, unless the
+    /// daemon started last still runs (`Conflict`).
+    pub fn start(&self, app: &Arc<App>, args: DaemonArgs, companion: T) -> Result<()> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot
+            .as_ref()
+            .is_some_and(|(spawned, _)| !spawned.has_ended())
+        {
+            return Err(Error::new(
+                crate::ErrorKind::Conflict,
+                "The daemon of this app is already running",
+            ));
+        }
+        *slot = Some((app.spawn(args), companion));
+        Ok(())
+    }
+
+    /// The daemon started last and its companion, if any.
+    pub fn current(&self) -> Option<(Spawned, T)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// The result of a daemon run, once it has ended.
 type Outcome = Option<Result<()>>;
 

@@ -4,14 +4,12 @@
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use microcluster_core::extensions::{BlockingEndpoints, ServerSpec};
 use microcluster_core::membership::local::LocalMember;
-use microcluster_core::{
-    App, Args, DaemonArgs, Error, ErrorKind, HookGate, HookSet, Spawned, runtime,
-};
+use microcluster_core::{App, Args, DaemonArgs, DaemonSlot, HookGate, HookSet, Spawned, runtime};
 use serde::Deserialize;
 
 use crate::boundary::{self, Out, arg, json_arg, parse_json, str_arg};
@@ -22,15 +20,16 @@ use crate::hooks::{CHooks, mc_hooks};
 /// running in this process. Create with `mc_app_new`, free with `mc_app_free`.
 pub struct mc_app {
     app: Arc<App>,
-    daemon: Mutex<Option<Daemon>>,
+    /// The daemon started last, with its hook gate, closed once a stop or wait has returned:
+    /// no hook of that start runs after it.
+    daemon: DaemonSlot<Arc<HookGate>>,
 }
 
 /// A daemon started by `mc_app_start`.
-#[derive(Clone)]
 struct Daemon {
     /// The daemon on core's runtime.
     spawned: Spawned,
-    /// Closed once a stop or wait has returned: no hook of this start runs after it.
+    /// Its hook gate.
     gate: Arc<HookGate>,
 }
 
@@ -62,10 +61,8 @@ impl mc_app {
 
     /// The daemon started by the latest `mc_app_start`, if any.
     fn daemon(&self) -> Option<Daemon> {
-        self.daemon
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let (spawned, gate) = self.daemon.current()?;
+        Some(Daemon { spawned, gate })
     }
 
     /// Stops the daemon (ours, or one another process runs on this state directory) and waits
@@ -136,7 +133,7 @@ pub unsafe extern "C" fn mc_app_new(
         })?;
         out.write(Box::into_raw(Box::new(mc_app {
             app: Arc::new(app),
-            daemon: Mutex::new(None),
+            daemon: DaemonSlot::default(),
         })))
     };
     // SAFETY: `err` is NULL or valid for a write, per the contract.
@@ -213,17 +210,6 @@ pub unsafe extern "C" fn mc_app_start(
         let args: StartArgs = parse_json(unsafe { str_arg(args_json, "args_json") }?, "args_json")?;
         // SAFETY: NULL or valid for a read, per the contract.
         let hooks = unsafe { hooks.as_ref() }.copied();
-        let mut slot = app.daemon.lock().unwrap_or_else(|p| p.into_inner());
-        if slot
-            .as_ref()
-            .is_some_and(|daemon| !daemon.spawned.has_ended())
-        {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                "The daemon of this app is already running",
-            )
-            .into());
-        }
         let gate = Arc::new(HookGate::default());
         let extension_servers = match (args.extension_servers.is_empty(), hooks) {
             (true, _) => Vec::new(),
@@ -248,9 +234,7 @@ pub unsafe extern "C" fn mc_app_start(
             extension_servers,
             ..DaemonArgs::default()
         };
-        let spawned = app.app.spawn(daemon_args);
-        *slot = Some(Daemon { spawned, gate });
-        Ok(())
+        Ok(app.daemon.start(&app.app, daemon_args, gate)?)
     };
     // SAFETY: `err` is NULL or valid for a write, per the contract.
     unsafe { boundary::call(err, body) }

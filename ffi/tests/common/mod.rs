@@ -92,20 +92,7 @@ pub fn string_out(
     unsafe { take_string(out) }
 }
 
-/// A free TCP address on 127.0.0.1 (the port is released before it is returned), never one
-/// this test process was given before (the kernel may hand a released port out again).
-pub fn free_address() -> String {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        let port = listener.local_addr().expect("local address").port();
-        if !given.contains(&port) {
-            given.push(port);
-            return format!("127.0.0.1:{port}");
-        }
-    }
-}
+pub use microcluster_it::free_address;
 
 /// A new app for `dir`.
 pub fn new_app(dir: &Path) -> *mut mc_app {

@@ -67,11 +67,18 @@ async fn put_certificate(daemon: Arc<Daemon>, request: Request) -> Result<Respon
         update_peers(&daemon, &name, &request).await?;
     }
 
-    write_atomic(&cert_path, pair.cert.as_bytes(), 0o644)?;
-    write_atomic(&key_path, pair.key.as_bytes(), 0o600)?;
-    if !pair.ca.is_empty() {
-        write_atomic(&ca_path, pair.ca.as_bytes(), 0o644)?;
-    }
+    // The writes fsync: off the async runtime.
+    let written = pair.clone();
+    tokio::task::spawn_blocking(move || {
+        write_atomic(&cert_path, written.cert.as_bytes(), 0o644)?;
+        write_atomic(&key_path, written.key.as_bytes(), 0o600)?;
+        match written.ca.is_empty() {
+            true => Ok(()),
+            false => write_atomic(&ca_path, written.ca.as_bytes(), 0o644),
+        }
+    })
+    .await
+    .map_err(|err| Error::internal(format!("Failed to write the certificate: {err}")))??;
     let identity = CertKeyPair {
         cert_pem: pair.cert.clone(),
         key_pem: pair.key.clone(),

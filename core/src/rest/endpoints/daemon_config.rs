@@ -59,9 +59,11 @@ async fn get_servers(daemon: Arc<Daemon>, _request: Request) -> Result<Response>
 
 async fn put_servers(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
     let servers: BTreeMap<String, ServerConfig> = request.json()?;
-    let mut config = current(&daemon)?;
-    config.servers = servers;
-    apply(&daemon, config, false).await
+    apply(&daemon, false, move |mut config| {
+        config.servers = servers;
+        Ok(config)
+    })
+    .await
 }
 
 async fn get_config(daemon: Arc<Daemon>, _request: Request) -> Result<Response> {
@@ -71,37 +73,36 @@ async fn get_config(daemon: Arc<Daemon>, _request: Request) -> Result<Response> 
 /// Replaces every mutable field; `name` and `address` must be unchanged if given.
 async fn put_config(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
     let update: ConfigUpdate = request.json()?;
-    let mut config = current(&daemon)?;
-    if update
-        .name
-        .as_ref()
-        .is_some_and(|name| *name != config.name)
-    {
-        return Err(Error::invalid("Name is immutable"));
-    }
-    if update
-        .address
-        .as_ref()
-        .is_some_and(|address| *address != config.address)
-    {
-        return Err(Error::invalid("Address is immutable"));
-    }
-    config.servers = update.servers.unwrap_or_default();
-    config.failure_domain = update.failure_domain.unwrap_or_default();
-    apply(&daemon, config, restart_requested(&request)).await
+    apply(&daemon, restart_requested(&request), move |mut config| {
+        if update.name.is_some_and(|name| name != config.name) {
+            return Err(Error::invalid("Name is immutable"));
+        }
+        if update
+            .address
+            .is_some_and(|address| address != config.address)
+        {
+            return Err(Error::invalid("Address is immutable"));
+        }
+        config.servers = update.servers.unwrap_or_default();
+        config.failure_domain = update.failure_domain.unwrap_or_default();
+        Ok(config)
+    })
+    .await
 }
 
 /// Changes only the fields present; `name` and `address` are ignored.
 async fn patch_config(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
     let update: ConfigUpdate = request.json()?;
-    let mut config = current(&daemon)?;
-    if let Some(servers) = update.servers {
-        config.servers = servers;
-    }
-    if let Some(failure_domain) = update.failure_domain {
-        config.failure_domain = failure_domain;
-    }
-    apply(&daemon, config, restart_requested(&request)).await
+    apply(&daemon, restart_requested(&request), move |mut config| {
+        if let Some(servers) = update.servers {
+            config.servers = servers;
+        }
+        if let Some(failure_domain) = update.failure_domain {
+            config.failure_domain = failure_domain;
+        }
+        Ok(config)
+    })
+    .await
 }
 
 fn restart_requested(request: &Request) -> bool {
@@ -110,15 +111,27 @@ fn restart_requested(request: &Request) -> bool {
         .is_some_and(|value| matches!(value, "1" | "true"))
 }
 
-/// Checks the servers of `config` (SPEC §13.5 steps 1–2), persists it, updates the listeners,
-/// publishes the failure domain if asked to, and runs OnDaemonConfigUpdate on the other
-/// members.
-async fn apply(daemon: &Arc<Daemon>, config: MemberConfig, publish: bool) -> Result<Response> {
-    check_servers(daemon, &config)?;
-    let _serialised = daemon.init_lock.lock().await;
-    config.save(&daemon.state_dir.daemon_yaml())?;
-    daemon.set_member(Some(config.clone()));
-    daemon.apply_extension_listeners(&config).await?;
+/// Changes this member's configuration with `change` (SPEC §13.5–13.6): checks the servers
+/// (steps 1–2), persists it, updates the listeners, all under the init lock so that
+/// concurrent changes do not lose each other; then, without the lock, publishes the failure
+/// domain if asked to and runs OnDaemonConfigUpdate on the other members.
+async fn apply(
+    daemon: &Arc<Daemon>,
+    publish: bool,
+    change: impl FnOnce(MemberConfig) -> Result<MemberConfig>,
+) -> Result<Response> {
+    let config = {
+        let _serialised = daemon.init_lock.lock().await;
+        let config = change(current(daemon)?)?;
+        check_servers(daemon, &config)?;
+        let (saved, path) = (config.clone(), daemon.state_dir.daemon_yaml());
+        tokio::task::spawn_blocking(move || saved.save(&path))
+            .await
+            .map_err(|err| Error::internal(format!("Failed to write daemon.yaml: {err}")))??;
+        daemon.set_member(Some(config.clone()));
+        daemon.apply_extension_listeners(&config).await?;
+        config
+    };
     if publish {
         daemon.publish_failure_domain(config.failure_domain).await?;
     }
