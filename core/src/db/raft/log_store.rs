@@ -10,12 +10,24 @@
 //! connection and performs every write (an [`RaftLogStorage::append`] batch is one transaction,
 //! so one fsync); a second thread owns a read-only connection and serves log reads, so
 //! replication reads are not queued behind an fsync. Requests travel over `std::sync::mpsc`
-//! and answers come back over `tokio::sync::oneshot`. Entries are read from disk on demand,
-//! never cached. Each thread ends when the last handle that can reach it is dropped.
+//! and answers come back over `tokio::sync::oneshot`. Each thread ends when the last handle
+//! that can reach it is dropped.
+//!
+//! The newest entries (at most [`RECENT_MAX_ENTRIES`] and about [`RECENT_MAX_BYTES`]) are
+//! also kept in memory, as a contiguous tail of the log: replication to members that keep up
+//! and applying committed entries read them from there, without a thread hop or a decode.
+//! Older entries are read from disk. Memory stays bounded whatever the log's length.
+//!
+//! The committed log id is a hint (a restarted member applies up to it before hearing from
+//! the leader), so saving it costs no commit of its own: it rides along in the next write
+//! transaction (an append, a vote, a truncate or a purge). The last one saved before a shutdown may be
+//! lost; the member then learns it from the leader.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -34,6 +46,12 @@ type LogEntry = Entry<TypeConfig>;
 /// The most bytes of entries one `limited_get_log_entries` call returns (at least one entry).
 const READ_LIMIT_BYTES: usize = 4 << 20;
 
+/// The most entries kept in memory.
+const RECENT_MAX_ENTRIES: usize = 4096;
+
+/// About the most encoded bytes of entries kept in memory.
+const RECENT_MAX_BYTES: usize = 16 << 20;
+
 /// The key-value table of the vote, the committed id and the last purged id.
 const META: &str = "meta";
 const META_VOTE: &str = "vote";
@@ -45,12 +63,8 @@ fn sql_index(index: u64) -> i64 {
     i64::try_from(index).unwrap_or(i64::MAX)
 }
 
-/// Reads the entries of `range` in index order, stopping after `limit_bytes` (at least one).
-fn read_entries(
-    conn: &Connection,
-    (start, end): (Bound<u64>, Bound<u64>),
-    limit_bytes: usize,
-) -> Res<Vec<LogEntry>> {
+/// The half-open index range `[start, end)` of `range`.
+fn index_range((start, end): (Bound<u64>, Bound<u64>)) -> (u64, u64) {
     let start = match start {
         Bound::Included(s) => s,
         Bound::Excluded(s) => s.saturating_add(1),
@@ -61,6 +75,16 @@ fn read_entries(
         Bound::Excluded(e) => e,
         Bound::Unbounded => u64::MAX,
     };
+    (start, end)
+}
+
+/// Reads the entries of `range` in index order, stopping after `limit_bytes` (at least one).
+fn read_entries(
+    conn: &Connection,
+    (start, end): (Bound<u64>, Bound<u64>),
+    limit_bytes: usize,
+) -> Res<Vec<LogEntry>> {
+    let (start, end) = index_range((start, end));
     let sql = "SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx";
     let mut stmt = conn.prepare_cached(sql).or_fail(READ_LOGS)?;
     let mut rows = stmt
@@ -79,32 +103,211 @@ fn read_entries(
     Ok(out)
 }
 
-/// Writes a batch of entries in one transaction, so with one fsync.
-fn append_batch(conn: &mut Connection, entries: &[LogEntry]) -> Res<()> {
-    let tx = conn.transaction().or_fail(WRITE_LOGS)?;
-    {
-        let sql = "INSERT OR REPLACE INTO log(idx, term, node, entry) VALUES (?1, ?2, ?3, ?4)";
-        let mut stmt = tx.prepare_cached(sql).or_fail(WRITE_LOGS)?;
-        for entry in entries {
-            let LogId { leader_id, index } = entry.log_id;
-            let blob = encode(entry, WRITE_LOGS)?;
-            let (index, term, node) = (index, leader_id.term, leader_id.node_id);
-            stmt.execute(params![
-                sql_index(index),
-                sql_index(term),
-                sql_index(node),
-                blob
-            ])
-            .or_fail(WRITE_LOGS)?;
-        }
-    }
-    tx.commit().or_fail(WRITE_LOGS)
+/// The newest entries of the log, each with its encoded size: always a contiguous tail of
+/// the log as submitted to the writer thread (possibly empty). It is changed when a write is
+/// submitted, in the order of the calls, so it agrees with the disk once the writer thread
+/// has caught up.
+///
+/// An entry is dropped for the limits only once the writer thread has written it, so an entry
+/// that is not held here is on disk.
+#[derive(Default)]
+struct RecentEntries {
+    /// Each entry with its encoded size and the number of the append that submitted it.
+    entries: VecDeque<(LogEntry, usize, u64)>,
+    bytes: usize,
+    /// The number of the last append submitted, and of the last one written.
+    submitted: u64,
+    written: u64,
 }
 
-/// A handle that reads log entries from disk; cheap to clone, used by replication tasks.
+impl RecentEntries {
+    /// Adds entries submitted for writing after the tail, then drops the oldest written ones
+    /// beyond the limits. Returns the number of this append, for [`RecentEntries::written`].
+    fn extend(&mut self, entries: Vec<(LogEntry, usize)>) -> u64 {
+        self.submitted += 1;
+        let append = self.submitted;
+        let Some(first) = entries.first().map(|(entry, _)| entry.log_id.index) else {
+            return append;
+        };
+        // `INSERT OR REPLACE` overwrites entries; and the tail must stay contiguous.
+        self.truncate(first);
+        if self.last_index().is_some_and(|last| last + 1 != first) {
+            self.clear();
+        }
+        for (entry, size) in entries {
+            self.bytes += size;
+            self.entries.push_back((entry, size, append));
+        }
+        while (self.entries.len() > RECENT_MAX_ENTRIES || self.bytes > RECENT_MAX_BYTES)
+            && self
+                .entries
+                .front()
+                .is_some_and(|&(_, _, submitted_by)| submitted_by <= self.written)
+        {
+            self.pop_front();
+        }
+        append
+    }
+
+    /// Records that the writer thread has written append number `append` (and those before).
+    fn written(&mut self, append: u64) {
+        self.written = self.written.max(append);
+    }
+
+    /// Drops the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(entry, _, _)| entry.log_id.index >= index)
+        {
+            if let Some((_, size, _)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Drops the entries up to `index`, included.
+    fn purge(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(entry, _, _)| entry.log_id.index <= index)
+        {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size, _)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|(entry, _, _)| entry.log_id.index)
+    }
+
+    /// The entries of `[start, end)` (stopping after `limit_bytes`, at least one), or `None`
+    /// when some of them may be older than the entries held, so only the disk has them.
+    fn read(&self, start: u64, end: u64, limit_bytes: usize) -> Option<Vec<LogEntry>> {
+        let first = self.entries.front()?.0.log_id.index;
+        if start < first {
+            return None;
+        }
+        let skip = usize::try_from(start - first).unwrap_or(usize::MAX);
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for (entry, size, _) in self.entries.iter().skip(skip) {
+            if entry.log_id.index >= end {
+                break;
+            }
+            out.push(entry.clone());
+            bytes += size;
+            if bytes >= limit_bytes {
+                break;
+            }
+        }
+        Some(out)
+    }
+}
+
+/// The recent entries, shared by the writer thread and the readers.
+type SharedRecent = Arc<Mutex<RecentEntries>>;
+
+fn lock(recent: &SharedRecent) -> std::sync::MutexGuard<'_, RecentEntries> {
+    recent
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An entry's id and its encoding, as written to disk.
+struct EncodedEntry {
+    log_id: LogId<NodeId>,
+    blob: Vec<u8>,
+}
+
+/// What the writer thread owns: the read-write connection and the committed id waiting to be
+/// written.
+struct LogWriter {
+    conn: Connection,
+    /// The committed id saved since the last write transaction, if any.
+    pending_committed: Option<Option<LogId<NodeId>>>,
+}
+
+impl LogWriter {
+    /// Runs `write` in one transaction (so one fsync) together with the pending committed id.
+    fn transaction<T>(&mut self, write: impl FnOnce(&rusqlite::Transaction) -> Res<T>) -> Res<T> {
+        let tx = self.conn.transaction().or_fail(WRITE_LOGS)?;
+        let written = write(&tx)?;
+        if let Some(committed) = &self.pending_committed {
+            write_meta(&tx, META, META_COMMITTED, committed, WRITE_LOGS)?;
+        }
+        tx.commit().or_fail(WRITE_LOGS)?;
+        self.pending_committed = None;
+        Ok(written)
+    }
+
+    /// Writes a batch of encoded entries in one transaction.
+    fn append(&mut self, rows: &[EncodedEntry]) -> Res<()> {
+        self.transaction(|tx| {
+            let sql = "INSERT OR REPLACE INTO log(idx, term, node, entry) VALUES (?1, ?2, ?3, ?4)";
+            let mut stmt = tx.prepare_cached(sql).or_fail(WRITE_LOGS)?;
+            for row in rows {
+                let LogId { leader_id, index } = row.log_id;
+                let (index, term, node) = (index, leader_id.term, leader_id.node_id);
+                stmt.execute(params![
+                    sql_index(index),
+                    sql_index(term),
+                    sql_index(node),
+                    row.blob
+                ])
+                .or_fail(WRITE_LOGS)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The committed id: the one waiting to be written, else the one on disk.
+    fn committed(&self) -> Res<Option<LogId<NodeId>>> {
+        match self.pending_committed {
+            Some(committed) => Ok(committed),
+            None => {
+                let kind: Kind = StorageIOError::read;
+                Ok(
+                    read_meta::<Option<LogId<NodeId>>>(&self.conn, META, META_COMMITTED, kind)?
+                        .flatten(),
+                )
+            }
+        }
+    }
+}
+
+/// A handle that reads log entries, from memory when recent and else from disk; cheap to
+/// clone, used by replication tasks.
 #[derive(Clone)]
 pub struct LogReader {
+    recent: SharedRecent,
     reader: Worker<Connection>,
+}
+
+impl LogReader {
+    async fn read(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+        limit_bytes: usize,
+    ) -> Res<Vec<LogEntry>> {
+        let (start, end) = index_range(range);
+        if let Some(entries) = lock(&self.recent).read(start, end, limit_bytes) {
+            return Ok(entries);
+        }
+        let f = move |conn: &mut Connection| read_entries(conn, range, limit_bytes);
+        self.reader.call(READ_LOGS, f).await
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -113,20 +316,18 @@ impl RaftLogReader<TypeConfig> for LogReader {
         range: RB,
     ) -> Res<Vec<LogEntry>> {
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
-        let f = move |conn: &mut Connection| read_entries(conn, range, usize::MAX);
-        self.reader.call(READ_LOGS, f).await
+        self.read(range, usize::MAX).await
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Res<Vec<LogEntry>> {
         let range = (Bound::Included(start), Bound::Excluded(end));
-        let f = move |conn: &mut Connection| read_entries(conn, range, READ_LIMIT_BYTES);
-        self.reader.call(READ_LOGS, f).await
+        self.read(range, READ_LIMIT_BYTES).await
     }
 }
 
 /// The durable Raft log store (`RaftLogStorage`), backed by a SQLite file.
 pub struct LogStore {
-    writer: Worker<Connection>,
+    writer: Worker<LogWriter>,
     reader: LogReader,
     /// The number of transactions committed by the writer connection.
     #[cfg(test)]
@@ -173,11 +374,16 @@ impl LogStore {
         read_conn
             .busy_timeout(Duration::from_secs(5))
             .map_err(err)?;
+        let recent = SharedRecent::default();
         let reader = Worker::spawn("raft-log-read", read_conn)?;
-        let writer = Worker::spawn("raft-log-write", conn)?;
+        let writer = LogWriter {
+            conn,
+            pending_committed: None,
+        };
+        let writer = Worker::spawn("raft-log-write", writer)?;
         Ok(LogStore {
             writer,
-            reader: LogReader { reader },
+            reader: LogReader { recent, reader },
             #[cfg(test)]
             commits,
         })
@@ -197,7 +403,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Res<LogState<TypeConfig>> {
-        let f = |conn: &mut Connection| {
+        let f = |writer: &mut LogWriter| {
+            let conn = &writer.conn;
             let last_purged: Option<LogId<NodeId>> =
                 read_meta(conn, META, META_LAST_PURGED, READ_LOGS)?;
             let sql = "SELECT idx, term, node FROM log ORDER BY idx DESC LIMIT 1";
@@ -232,39 +439,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Res<()> {
         let (vote, kind): (_, Kind) = (*vote, StorageIOError::write_vote);
-        let f = move |conn: &mut Connection| write_meta(conn, META, META_VOTE, &vote, kind);
+        let f = move |writer: &mut LogWriter| {
+            writer.transaction(|tx| write_meta(tx, META, META_VOTE, &vote, kind))
+        };
         self.writer.call(kind, f).await
     }
 
     async fn read_vote(&mut self) -> Res<Option<Vote<NodeId>>> {
         let kind: Kind = StorageIOError::read_vote;
-        let f = move |conn: &mut Connection| read_meta(conn, META, META_VOTE, kind);
+        let f = move |writer: &mut LogWriter| read_meta(&writer.conn, META, META_VOTE, kind);
         self.writer.call(kind, f).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Res<()> {
-        let kind: Kind = StorageIOError::write;
         // The committed id is a hint that lets a restarted member apply sooner; losing the
-        // latest one in a crash only delays that. So it is written without its own fsync
-        // (synchronous=NORMAL for this one commit): the next append's fsync makes it durable.
-        // An fsync here would sit on the Raft core's critical path at every commit.
-        let f = move |conn: &mut Connection| {
-            conn.pragma_update(None, "synchronous", "NORMAL")
-                .or_fail(kind)?;
-            let written = write_meta(conn, META, META_COMMITTED, &committed, kind);
-            conn.pragma_update(None, "synchronous", "FULL")
-                .or_fail(kind)?;
-            written
+        // latest one in a crash only delays that. So it waits for the next write transaction
+        // instead of costing a commit on the Raft core's critical path at every commit.
+        let f = move |writer: &mut LogWriter| {
+            writer.pending_committed = Some(committed);
+            Ok(())
         };
-        self.writer.call(kind, f).await
+        self.writer.submit(StorageIOError::write, f)
     }
 
     async fn read_committed(&mut self) -> Res<Option<LogId<NodeId>>> {
         let kind: Kind = StorageIOError::read;
-        let f = move |conn: &mut Connection| {
-            Ok(read_meta::<Option<LogId<NodeId>>>(conn, META, META_COMMITTED, kind)?.flatten())
-        };
-        self.writer.call(kind, f).await
+        self.writer
+            .call(kind, |writer: &mut LogWriter| writer.committed())
+            .await
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Res<()>
@@ -272,37 +474,60 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // The entries are readable (from memory) when this returns; they are durable when the
+        // callback fires, after the writer thread's commit. The leader replicates them in
+        // between (vendor/openraft/PATCHED.md).
         let entries: Vec<LogEntry> = entries.into_iter().collect();
-        let f = move |conn: &mut Connection| {
-            let result = append_batch(conn, &entries);
-            // Fired only after the commit (fsync) returned, on the writer thread.
+        let rows = entries
+            .iter()
+            .map(|entry| {
+                let blob = encode(entry, WRITE_LOGS)?;
+                Ok(EncodedEntry {
+                    log_id: entry.log_id,
+                    blob,
+                })
+            })
+            .collect::<Res<Vec<EncodedEntry>>>()?;
+        let sizes = rows.iter().map(|row| row.blob.len());
+        let append = lock(&self.reader.recent).extend(entries.into_iter().zip(sizes).collect());
+        let recent = self.reader.recent.clone();
+        let f = move |writer: &mut LogWriter| {
+            let result = writer.append(&rows);
+            if result.is_ok() {
+                lock(&recent).written(append);
+            }
             match &result {
                 Ok(()) => callback.log_io_completed(Ok(())),
                 Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
             }
             result
         };
-        self.writer.call(WRITE_LOGS, f).await
+        self.writer.submit(WRITE_LOGS, f)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Res<()> {
-        let f = move |conn: &mut Connection| {
-            let sql = "DELETE FROM log WHERE idx >= ?1";
-            conn.execute(sql, [sql_index(log_id.index)])
-                .or_fail(WRITE_LOGS)?;
+        lock(&self.reader.recent).truncate(log_id.index);
+        let f = move |writer: &mut LogWriter| {
+            writer.transaction(|tx| {
+                let sql = "DELETE FROM log WHERE idx >= ?1";
+                tx.execute(sql, [sql_index(log_id.index)])
+                    .or_fail(WRITE_LOGS)
+            })?;
             Ok(())
         };
         self.writer.call(WRITE_LOGS, f).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Res<()> {
-        let f = move |conn: &mut Connection| {
-            let tx = conn.transaction().or_fail(WRITE_LOGS)?;
-            write_meta(&tx, META, META_LAST_PURGED, &log_id, WRITE_LOGS)?;
-            let sql = "DELETE FROM log WHERE idx <= ?1";
-            tx.execute(sql, [sql_index(log_id.index)])
-                .or_fail(WRITE_LOGS)?;
-            tx.commit().or_fail(WRITE_LOGS)
+        lock(&self.reader.recent).purge(log_id.index);
+        let f = move |writer: &mut LogWriter| {
+            writer.transaction(|tx| {
+                write_meta(tx, META, META_LAST_PURGED, &log_id, WRITE_LOGS)?;
+                let sql = "DELETE FROM log WHERE idx <= ?1";
+                tx.execute(sql, [sql_index(log_id.index)])
+                    .or_fail(WRITE_LOGS)
+            })?;
+            Ok(())
         };
         self.writer.call(WRITE_LOGS, f).await
     }
@@ -390,6 +615,89 @@ mod tests {
         assert_eq!(ids(&mut reopened, 500..502).await, vec![500, 501]);
     }
 
+    fn indexes(entries: Option<Vec<LogEntry>>) -> Option<Vec<u64>> {
+        entries.map(|entries| entries.iter().map(|e| e.log_id.index).collect())
+    }
+
+    fn sized(entries: Vec<LogEntry>) -> Vec<(LogEntry, usize)> {
+        entries.into_iter().map(|entry| (entry, 10)).collect()
+    }
+
+    #[test]
+    fn recent_entries_are_a_contiguous_tail() {
+        let mut recent = RecentEntries::default();
+        assert_eq!(indexes(recent.read(1, 5, usize::MAX)), None);
+        recent.extend(sized(entries(1, 10)));
+        assert_eq!(indexes(recent.read(3, 6, usize::MAX)), Some(vec![3, 4, 5]));
+        // Before the tail: only the disk has them.
+        assert_eq!(indexes(recent.read(0, 5, usize::MAX)), None);
+        // Past the end: nothing, as on disk.
+        assert_eq!(indexes(recent.read(11, 20, usize::MAX)), Some(vec![]));
+        // The byte limit stops after the entry that reaches it.
+        assert_eq!(indexes(recent.read(1, 100, 25)), Some(vec![1, 2, 3]));
+
+        // A new leader's entry overwrites from index 8.
+        recent.extend(sized(vec![entry(2, 8)]));
+        let all = recent.read(1, 100, usize::MAX).unwrap();
+        assert_eq!(all.len(), 8);
+        assert_eq!(all[7].log_id, id(2, 8));
+
+        // Entries after a gap (a snapshot was installed) replace the tail.
+        recent.extend(sized(entries(20, 21)));
+        assert_eq!(indexes(recent.read(1, 100, usize::MAX)), None);
+        assert_eq!(
+            indexes(recent.read(20, 100, usize::MAX)),
+            Some(vec![20, 21])
+        );
+        recent.truncate(21);
+        assert_eq!(indexes(recent.read(20, 100, usize::MAX)), Some(vec![20]));
+        recent.purge(20);
+        assert_eq!(indexes(recent.read(20, 100, usize::MAX)), None);
+        assert_eq!(recent.bytes, 0);
+    }
+
+    #[test]
+    fn recent_entries_drop_only_written_entries_for_the_limits() {
+        let mut recent = RecentEntries::default();
+        let over = RECENT_MAX_ENTRIES as u64 + 10;
+        let first = recent.extend(sized(entries(1, over)));
+        // Not written yet: all kept, or a reader could find them neither here nor on disk.
+        assert_eq!(recent.entries.len(), RECENT_MAX_ENTRIES + 10);
+        let second = recent.extend(sized(vec![entry(1, over + 1)]));
+        assert_eq!(recent.entries.len(), RECENT_MAX_ENTRIES + 11);
+        recent.written(first);
+        let _third = recent.extend(sized(vec![entry(1, over + 2)]));
+        // Only the first append's entries may go; the second's entry stays.
+        assert_eq!(recent.entries.len(), RECENT_MAX_ENTRIES);
+        assert_eq!(recent.bytes, RECENT_MAX_ENTRIES * 10);
+        assert_eq!(
+            recent.entries.front().unwrap().0.log_id.index,
+            over + 2 - 4095
+        );
+        recent.written(second);
+        assert_eq!(indexes(recent.read(1, 5, usize::MAX)), None);
+    }
+
+    #[tokio::test]
+    async fn the_committed_id_is_written_with_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.db");
+        let mut store = LogStore::open(&path).unwrap();
+        let mut other = LogStore::open(&path).unwrap();
+        let before = store.commits.load(Ordering::SeqCst);
+        store.save_committed(Some(id(1, 5))).await.unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(id(1, 5)));
+        // No commit of its own: not on disk yet.
+        assert_eq!(store.commits.load(Ordering::SeqCst), before);
+        assert_eq!(other.read_committed().await.unwrap(), None);
+        store.blocking_append(entries(1, 5)).await.unwrap();
+        assert_eq!(store.commits.load(Ordering::SeqCst), before + 1);
+        assert_eq!(other.read_committed().await.unwrap(), Some(id(1, 5)));
+        drop((store, other));
+        let mut reopened = LogStore::open(&path).unwrap();
+        assert_eq!(reopened.read_committed().await.unwrap(), Some(id(1, 5)));
+    }
+
     #[tokio::test]
     async fn vote_and_committed_persist_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -400,6 +708,8 @@ mod tests {
         store.save_vote(&Vote::new(3, 7)).await.unwrap();
         store.save_vote(&Vote::new_committed(4, 7)).await.unwrap();
         store.save_committed(Some(id(4, 12))).await.unwrap();
+        // The committed id is written with the next write.
+        store.blocking_append(entries(1, 12)).await.unwrap();
         drop(store);
         let mut store = LogStore::open(&path).unwrap();
         let vote = store.read_vote().await.unwrap();

@@ -52,7 +52,9 @@ pub enum Command {
         base: u64,
         /// The tables the transaction read.
         read_tables: Vec<String>,
-        /// The SQLite changeset (session extension format).
+        /// The SQLite changeset (session extension format). Encoded as one byte string (the
+        /// same `postcard` bytes as a sequence of `u8`, without a call per byte).
+        #[serde(with = "serde_bytes")]
         changeset: Vec<u8>,
     },
     /// Commands proposed together (group commit): applied in order, each on its own, as if

@@ -129,7 +129,7 @@ pub(crate) async fn rewrite_membership(
     log.save_committed(Some(last))
         .await
         .map_err(|e| failed(&e))?;
-    // The committed id is written without its own fsync; this vote write syncs it.
+    // The committed id waits for the next write transaction: this vote write.
     log.save_vote(&Vote::new(term, own_id))
         .await
         .map_err(|e| failed(&e))?;

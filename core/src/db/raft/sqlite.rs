@@ -49,8 +49,8 @@ pub(super) fn read_meta<T: DeserializeOwned>(
 ) -> Res<Option<T>> {
     let sql = format!("SELECT value FROM {table} WHERE key = ?1");
     let value: Option<Vec<u8>> = conn
-        .query_row(&sql, [key], |row| row.get(0))
-        .optional()
+        .prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.query_row([key], |row| row.get(0)).optional())
         .or_fail(kind)?;
     value.map(|value| decode(&value, kind)).transpose()
 }
@@ -64,9 +64,16 @@ pub(super) fn write_meta<T: Serialize>(
     kind: Kind,
 ) -> Res<()> {
     let sql = format!("INSERT OR REPLACE INTO {table} (key, value) VALUES (?1, ?2)");
-    conn.execute(&sql, params![key, encode(value, kind)?])
+    let value = encode(value, kind)?;
+    conn.prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.execute(params![key, value]))
         .or_fail(kind)?;
     Ok(())
+}
+
+/// The error of a call to a thread that has stopped.
+fn stopped(kind: Kind) -> StorageError {
+    StorageError::from(kind(AnyError::error("the database thread stopped")))
 }
 
 /// A job for the thread that owns `S`.
@@ -111,8 +118,21 @@ impl<S: Send + 'static> Worker<S> {
         let job: Job<S> = Box::new(move |state| {
             let _ = reply.send(f(state));
         });
-        let stopped = || StorageError::from(kind(AnyError::error("the database thread stopped")));
-        self.jobs.send(job).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.jobs.send(job).map_err(|_| stopped(kind))?;
+        answer.await.map_err(|_| stopped(kind))?
+    }
+
+    /// Queues `f` on the thread without waiting for it: jobs run in order, so whatever is
+    /// called afterwards runs after `f`. A failure of `f` is logged.
+    pub fn submit<F>(&self, kind: Kind, f: F) -> Res<()>
+    where
+        F: FnOnce(&mut S) -> Res<()> + Send + 'static,
+    {
+        let job: Job<S> = Box::new(move |state| {
+            if let Err(err) = f(state) {
+                tracing::error!("A queued storage job failed: {err}");
+            }
+        });
+        self.jobs.send(job).map_err(|_| stopped(kind))
     }
 }

@@ -241,10 +241,10 @@ impl Db {
         }
         if matches!(result, CommandResult::Applied { .. }) {
             for table in written {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO _microcluster_table_writes (name, idx) VALUES (?1, ?2)",
-                    params![table, index as i64],
                 )
+                .and_then(|mut stmt| stmt.execute(params![table, index as i64]))
                 .or_fail(WRITE_SM)?;
             }
         }
@@ -335,12 +335,8 @@ fn apply_command(
             .chain([SCHEMA_MARKER])
         {
             let last_write: Option<i64> = tx
-                .query_row(
-                    "SELECT idx FROM _microcluster_table_writes WHERE name = ?1",
-                    [table],
-                    |row| row.get(0),
-                )
-                .optional()
+                .prepare_cached("SELECT idx FROM _microcluster_table_writes WHERE name = ?1")
+                .and_then(|mut stmt| stmt.query_row([table], |row| row.get(0)).optional())
                 .or_fail(WRITE_SM)?;
             if let Some(last_write) = last_write.filter(|&idx| idx as u64 > *base) {
                 return Ok(CommandResult::Conflict {
@@ -351,7 +347,7 @@ fn apply_command(
             }
         }
     }
-    tx.execute_batch("SAVEPOINT entry").or_fail(WRITE_SM)?;
+    run_cached(tx, "SAVEPOINT entry")?;
     let outcome = match command {
         // Proposers never nest batches; a nested one is refused the same way everywhere.
         Command::Batch { .. } => CommandResult::Failed {
@@ -397,12 +393,19 @@ fn apply_command(
             }
         }
     };
-    let finish = match outcome {
-        CommandResult::Applied { .. } => "RELEASE entry",
-        _ => "ROLLBACK TO entry; RELEASE entry",
-    };
-    tx.execute_batch(finish).or_fail(WRITE_SM)?;
+    if !matches!(outcome, CommandResult::Applied { .. }) {
+        run_cached(tx, "ROLLBACK TO entry")?;
+    }
+    run_cached(tx, "RELEASE entry")?;
     Ok(outcome)
+}
+
+/// Runs a statement without parameters, parsed once per connection.
+fn run_cached(tx: &rusqlite::Transaction<'_>, sql: &str) -> Res<()> {
+    tx.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute([]))
+        .or_fail(WRITE_SM)?;
+    Ok(())
 }
 
 fn conflict_name(kind: ConflictType) -> String {

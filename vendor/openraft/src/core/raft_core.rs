@@ -1278,6 +1278,22 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            } => {
+                if let Err(e) = result {
+                    return Err(StorageError::from(StorageIOError::write_logs(AnyError::new(&e))).into());
+                }
+                // A flush of an earlier leadership no longer counts.
+                if self.does_vote_match(&vote, "LocalLogFlushed") {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1636,6 +1652,16 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // microcluster-rs patch (PATCHED.md): entries this node appends as the leader
+                // are replicated while they are being flushed (Raft thesis §10.2.1). The log
+                // store makes them readable when `append()` returns; the leader counts itself
+                // as holding them only once they are flushed: `Notify::LocalLogFlushed`.
+                if vote.is_committed() && vote.leader_id().voted_for().as_ref() == Some(&self.id) {
+                    let callback = LogFlushed::to_core(self.tx_notify.clone(), vote, last_log_id);
+                    self.log_store.append(entries, callback).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
