@@ -10,7 +10,7 @@
 //! own applied log id and membership, so its metadata is always read from the file itself. A
 //! received snapshot becomes the current one and is copied over the database file.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -196,6 +196,7 @@ impl Db {
             .or_fail(WRITE_SM)?;
         let mut results = Vec::with_capacity(entries.len());
         let mut last = None;
+        let mut last_writes = LastWrites::default();
         for entry in entries {
             let index = entry.log_id.index;
             let result = match entry.payload {
@@ -208,17 +209,25 @@ impl Db {
                 EntryPayload::Normal(Command::Batch { commands }) => {
                     let mut results = Vec::with_capacity(commands.len());
                     for command in &commands {
-                        results.push(Db::apply_recorded(&self.written, &tx, index, command)?);
+                        let result = Db::apply_recorded(
+                            &self.written,
+                            &tx,
+                            &mut last_writes,
+                            index,
+                            command,
+                        )?;
+                        results.push(result);
                     }
                     CommandResult::Batch { results }
                 }
                 EntryPayload::Normal(command) => {
-                    Db::apply_recorded(&self.written, &tx, index, &command)?
+                    Db::apply_recorded(&self.written, &tx, &mut last_writes, index, &command)?
                 }
             };
             last = Some(entry.log_id);
             results.push(result);
         }
+        last_writes.save(&tx)?;
         if let Some(log_id) = last {
             write_meta(&tx, META, "applied", &Some(log_id), WRITE_SM)?;
         }
@@ -230,22 +239,19 @@ impl Db {
     fn apply_recorded(
         written: &Written,
         tx: &rusqlite::Transaction<'_>,
+        last_writes: &mut LastWrites,
         index: u64,
         command: &Command,
     ) -> Res<CommandResult> {
         take(written);
-        let result = apply_command(tx, index, command)?;
+        let result = apply_command(tx, last_writes, index, command)?;
         let mut written = take(written);
         if matches!(command, Command::Sql { .. }) {
             written.insert(SCHEMA_MARKER.to_string());
         }
         if matches!(result, CommandResult::Applied { .. }) {
             for table in written {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO _microcluster_table_writes (name, idx) VALUES (?1, ?2)",
-                )
-                .and_then(|mut stmt| stmt.execute(params![table, index as i64]))
-                .or_fail(WRITE_SM)?;
+                last_writes.record(table, index);
             }
         }
         Ok(result)
@@ -318,10 +324,60 @@ impl Db {
     }
 }
 
-/// Applies one command inside a savepoint. Conflicts and SQL failures roll the savepoint back
-/// and are answered, not raised: they are deterministic outcomes of the log.
+/// The index of the last write of each table (`_microcluster_table_writes`) as one batch of
+/// entries is applied: read at most once per table, and written once per table at the end of
+/// the batch. (Each changeset apply expires the connection's prepared statements, so a query
+/// per command would be parsed again every time.)
+#[derive(Default)]
+struct LastWrites {
+    /// The tables looked up or written so far, and whether each was written.
+    known: BTreeMap<String, (Option<u64>, bool)>,
+}
+
+impl LastWrites {
+    /// The index of the last write of `table`, if any.
+    fn get(&mut self, tx: &rusqlite::Transaction<'_>, table: &str) -> Res<Option<u64>> {
+        if let Some((index, _)) = self.known.get(table) {
+            return Ok(*index);
+        }
+        let index: Option<i64> = tx
+            .query_row(
+                "SELECT idx FROM _microcluster_table_writes WHERE name = ?1",
+                [table],
+                |row| row.get(0),
+            )
+            .optional()
+            .or_fail(WRITE_SM)?;
+        let index = index.map(|index| index as u64);
+        self.known.insert(table.to_string(), (index, false));
+        Ok(index)
+    }
+
+    /// Records a write of `table` at `index`.
+    fn record(&mut self, table: String, index: u64) {
+        self.known.insert(table, (Some(index), true));
+    }
+
+    /// Writes the recorded writes into `_microcluster_table_writes`.
+    fn save(self, tx: &rusqlite::Transaction<'_>) -> Res<()> {
+        for (table, (index, written)) in self.known {
+            if let (Some(index), true) = (index, written) {
+                tx.execute(
+                    "INSERT OR REPLACE INTO _microcluster_table_writes (name, idx) VALUES (?1, ?2)",
+                    params![table, index as i64],
+                )
+                .or_fail(WRITE_SM)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies one command. Conflicts and SQL failures undo what the command did and are answered,
+/// not raised: they are deterministic outcomes of the log.
 fn apply_command(
     tx: &rusqlite::Transaction<'_>,
+    last_writes: &mut LastWrites,
     index: u64,
     command: &Command,
 ) -> Res<CommandResult> {
@@ -334,11 +390,7 @@ fn apply_command(
             .map(String::as_str)
             .chain([SCHEMA_MARKER])
         {
-            let last_write: Option<i64> = tx
-                .prepare_cached("SELECT idx FROM _microcluster_table_writes WHERE name = ?1")
-                .and_then(|mut stmt| stmt.query_row([table], |row| row.get(0)).optional())
-                .or_fail(WRITE_SM)?;
-            if let Some(last_write) = last_write.filter(|&idx| idx as u64 > *base) {
+            if let Some(last_write) = last_writes.get(tx, table)?.filter(|&idx| idx > *base) {
                 return Ok(CommandResult::Conflict {
                     reason: format!(
                         "table {table:?} was written at index {last_write}, after the transaction's base {base}"
@@ -347,15 +399,16 @@ fn apply_command(
             }
         }
     }
-    run_cached(tx, "SAVEPOINT entry")?;
     let outcome = match command {
         // Proposers never nest batches; a nested one is refused the same way everywhere.
         Command::Batch { .. } => CommandResult::Failed {
             message: "nested batches are not supported".to_string(),
         },
         Command::Sql { sql } => {
+            // In a savepoint, so a failing statement undoes the statements before it.
+            tx.execute_batch("SAVEPOINT entry").or_fail(WRITE_SM)?;
             let before = tx.total_changes();
-            match tx.execute_batch(sql) {
+            let outcome = match tx.execute_batch(sql) {
                 Err(err) => CommandResult::Failed {
                     message: err.to_string(),
                 },
@@ -366,8 +419,16 @@ fn apply_command(
                         rows_affected: tx.total_changes() - before,
                     },
                 },
-            }
+            };
+            let finish = match outcome {
+                CommandResult::Applied { .. } => "RELEASE entry",
+                _ => "ROLLBACK TO entry; RELEASE entry",
+            };
+            tx.execute_batch(finish).or_fail(WRITE_SM)?;
+            outcome
         }
+        // sqlite3changeset_apply works in a savepoint of its own, which it rolls back on a
+        // conflict or an error.
         Command::Changeset { changeset, .. } => {
             let conflict = Arc::new(Mutex::new(None::<String>));
             let seen = conflict.clone();
@@ -393,19 +454,7 @@ fn apply_command(
             }
         }
     };
-    if !matches!(outcome, CommandResult::Applied { .. }) {
-        run_cached(tx, "ROLLBACK TO entry")?;
-    }
-    run_cached(tx, "RELEASE entry")?;
     Ok(outcome)
-}
-
-/// Runs a statement without parameters, parsed once per connection.
-fn run_cached(tx: &rusqlite::Transaction<'_>, sql: &str) -> Res<()> {
-    tx.prepare_cached(sql)
-        .and_then(|mut stmt| stmt.execute([]))
-        .or_fail(WRITE_SM)?;
-    Ok(())
 }
 
 fn conflict_name(kind: ConflictType) -> String {
