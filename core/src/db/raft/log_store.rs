@@ -20,8 +20,8 @@
 //!
 //! The committed log id is a hint (a restarted member applies up to it before hearing from
 //! the leader), so saving it costs no commit of its own: it rides along in the next write
-//! transaction (an append, a vote, a truncate or a purge). The last one saved before a shutdown may be
-//! lost; the member then learns it from the leader.
+//! transaction (an append, a vote, a truncate or a purge). The last one saved before a
+//! shutdown may be lost; the member then learns it from the leader.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
