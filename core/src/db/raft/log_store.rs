@@ -332,6 +332,9 @@ pub struct LogStore {
     /// The number of transactions committed by the writer connection.
     #[cfg(test)]
     commits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Holds appends back from disk while closed (tests of the leader's parallel flush).
+    #[cfg(test)]
+    pub(crate) flush_gate: tests::FlushGate,
 }
 
 impl LogStore {
@@ -386,6 +389,8 @@ impl LogStore {
             reader: LogReader { recent, reader },
             #[cfg(test)]
             commits,
+            #[cfg(test)]
+            flush_gate: tests::FlushGate::default(),
         })
     }
 }
@@ -491,7 +496,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let sizes = rows.iter().map(|row| row.blob.len());
         let append = lock(&self.reader.recent).extend(entries.into_iter().zip(sizes).collect());
         let recent = self.reader.recent.clone();
+        #[cfg(test)]
+        let gate = self.flush_gate.clone();
         let f = move |writer: &mut LogWriter| {
+            #[cfg(test)]
+            gate.pass();
             let result = writer.append(&rows);
             if result.is_ok() {
                 lock(&recent).written(append);
@@ -534,7 +543,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::sync::Condvar;
     use std::sync::atomic::Ordering;
 
     use openraft::storage::RaftLogStorageExt;
@@ -544,6 +554,30 @@ mod tests {
     use crate::db::raft::Command;
 
     type Ids = (Option<LogId<NodeId>>, Option<LogId<NodeId>>);
+
+    /// A gate the writer thread waits at before writing an append, while it is closed.
+    #[derive(Clone, Default)]
+    pub(crate) struct FlushGate(Arc<(Mutex<bool>, Condvar)>);
+
+    impl FlushGate {
+        /// Holds back the appends submitted from now on.
+        pub(crate) fn close(&self) {
+            *self.0.0.lock().unwrap() = true;
+        }
+
+        /// Lets every append through again.
+        pub(crate) fn open(&self) {
+            *self.0.0.lock().unwrap() = false;
+            self.0.1.notify_all();
+        }
+
+        /// Waits until the gate is open.
+        pub(super) fn pass(&self) {
+            let (closed, opened) = &*self.0;
+            let guard = closed.lock().unwrap();
+            drop(opened.wait_while(guard, |closed| *closed).unwrap());
+        }
+    }
 
     fn id(term: u64, index: u64) -> LogId<NodeId> {
         LogId::new(CommittedLeaderId::new(term, 0), index)

@@ -16,6 +16,8 @@ mod sqlite;
 pub mod state_machine;
 
 #[cfg(test)]
+mod leader_flush_tests;
+#[cfg(test)]
 mod tests;
 
 /// A member as Raft knows it. Raft membership is the single source of truth of who is in the

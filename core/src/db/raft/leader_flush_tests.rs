@@ -1,0 +1,252 @@
+//! The patch of `vendor/openraft` (PATCHED.md): a leader replicates its new entries while it
+//! flushes them, and counts itself towards the quorum only once they are flushed.
+//!
+//! Three Raft nodes run in this process over our log store and state machine, connected by an
+//! in-process network that can cut a node off. The leader's log writes are held back with the
+//! log store's test gate.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{Config, Raft};
+
+use super::log_store::LogStore;
+use super::log_store::tests::FlushGate;
+use super::state_machine::StateMachine;
+use super::{Command, MemberNode, NodeId, TypeConfig};
+
+/// A generous bound for anything that should happen.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The nodes, and the ones cut off from the others.
+#[derive(Clone, Default)]
+struct Router {
+    nodes: Arc<Mutex<BTreeMap<NodeId, Raft<TypeConfig>>>>,
+    down: Arc<Mutex<BTreeSet<NodeId>>>,
+}
+
+/// The network of one node.
+#[derive(Clone)]
+struct NodeNetwork {
+    from: NodeId,
+    router: Router,
+}
+
+/// A connection from one node to another.
+struct Connection {
+    from: NodeId,
+    target: NodeId,
+    router: Router,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
+
+impl Connection {
+    /// Delivers an RPC with `call` to the target, unless either end is cut off.
+    async fn deliver<T, E, F>(&self, call: impl FnOnce(Raft<TypeConfig>) -> F) -> RpcResult<T, E>
+    where
+        E: std::error::Error,
+        F: std::future::Future<Output = Result<T, RaftError<NodeId, E>>>,
+    {
+        let node = {
+            let down = self.router.down.lock().unwrap();
+            let node = self.router.nodes.lock().unwrap().get(&self.target).cloned();
+            node.filter(|_| !down.contains(&self.from) && !down.contains(&self.target))
+        };
+        let Some(raft) = node else {
+            let cut = std::io::Error::other(format!("node {} is cut off", self.target));
+            return Err(RPCError::Unreachable(Unreachable::new(&cut)));
+        };
+        call(raft)
+            .await
+            .map_err(|err| RPCError::RemoteError(RemoteError::new(self.target, err)))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NodeNetwork {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, _node: &MemberNode) -> Connection {
+        Connection {
+            from: self.from,
+            target,
+            router: self.router.clone(),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.deliver(|raft| async move { raft.append_entries(rpc).await })
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.deliver(|raft| async move { raft.install_snapshot(rpc).await })
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.deliver(|raft| async move { raft.vote(rpc).await })
+            .await
+    }
+}
+
+/// Three nodes that formed a cluster, with the flush gate of each node's log.
+struct Cluster {
+    router: Router,
+    gates: BTreeMap<NodeId, FlushGate>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let config = Arc::new(
+            Config {
+                heartbeat_interval: 50,
+                election_timeout_min: 1000,
+                election_timeout_max: 2000,
+                ..Config::default()
+            }
+            .validate()
+            .unwrap(),
+        );
+        let router = Router::default();
+        let (mut gates, mut dirs, mut members) = (BTreeMap::new(), Vec::new(), BTreeMap::new());
+        for id in 1..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            let log = LogStore::open(&dir.path().join("raft.db")).unwrap();
+            gates.insert(id, log.flush_gate.clone());
+            let state_machine = StateMachine::open(dir.path()).unwrap();
+            let network = NodeNetwork {
+                from: id,
+                router: router.clone(),
+            };
+            let raft = Raft::new(id, config.clone(), network, log, state_machine)
+                .await
+                .unwrap();
+            router.nodes.lock().unwrap().insert(id, raft);
+            members.insert(id, MemberNode::default());
+            dirs.push(dir);
+        }
+        router.node(1).initialize(members).await.unwrap();
+        Cluster {
+            router,
+            gates,
+            _dirs: dirs,
+        }
+    }
+
+    /// The leader once every node knows it.
+    async fn leader(&self) -> NodeId {
+        let leader = self
+            .router
+            .node(1)
+            .wait(Some(PATIENCE))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .unwrap()
+            .current_leader
+            .unwrap();
+        for id in 1..=3 {
+            self.router
+                .node(id)
+                .wait(Some(PATIENCE))
+                .current_leader(leader, "the leader known")
+                .await
+                .unwrap();
+        }
+        leader
+    }
+
+    async fn shutdown(self) {
+        let nodes: Vec<Raft<TypeConfig>> = self
+            .router
+            .nodes
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        for gate in self.gates.values() {
+            gate.open();
+        }
+        for raft in nodes {
+            raft.shutdown().await.unwrap();
+        }
+    }
+}
+
+impl Router {
+    fn node(&self, id: NodeId) -> Raft<TypeConfig> {
+        self.nodes.lock().unwrap()[&id].clone()
+    }
+}
+
+/// A write with nothing to apply.
+fn empty_write() -> Command {
+    Command::Batch {
+        commands: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_commits_on_the_followers_while_the_leader_is_still_flushing() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader().await;
+    cluster.gates[&leader].close();
+    // The leader's copy cannot reach its disk; the two followers' copies make the majority.
+    let written = tokio::time::timeout(
+        PATIENCE,
+        cluster.router.node(leader).client_write(empty_write()),
+    )
+    .await
+    .expect("the write committed without the leader's flush")
+    .unwrap();
+    assert!(written.log_id.index > 0);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_counts_itself_only_once_its_log_is_flushed() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader().await;
+    let cut_off = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.router.down.lock().unwrap().insert(cut_off);
+    cluster.gates[&leader].close();
+    let raft = cluster.router.node(leader);
+    let mut write = Box::pin(raft.client_write(empty_write()));
+    // One follower has the entry on disk, the leader only in memory: no majority holds it.
+    let early = tokio::time::timeout(Duration::from_secs(2), &mut write).await;
+    assert!(
+        early.is_err(),
+        "committed before the leader's flush: {early:?}"
+    );
+    cluster.gates[&leader].open();
+    let written = tokio::time::timeout(PATIENCE, write)
+        .await
+        .expect("the write committed once the leader flushed")
+        .unwrap();
+    assert!(written.log_id.index > 0);
+    cluster.router.down.lock().unwrap().clear();
+    cluster.shutdown().await;
+}
