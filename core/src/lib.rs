@@ -29,8 +29,9 @@ pub mod trust;
 pub mod types;
 pub mod validate;
 
-#[cfg(test)]
-mod test_support;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod test_support;
 
 pub use app::{App, Args, DEFAULT_HEARTBEAT_INTERVAL, DaemonArgs};
 pub use client::Client;

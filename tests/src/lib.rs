@@ -139,21 +139,7 @@ pub fn texts(output: &Output) -> (String, String) {
     )
 }
 
-/// A free TCP address on 127.0.0.1 (the port is released before it is returned), never one
-/// this test process was given before: the kernel may hand a just-released port out again,
-/// and two members of one test must not share an address.
-pub fn free_address() -> String {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        let port = listener.local_addr().expect("local address").port();
-        if !given.contains(&port) {
-            given.push(port);
-            return format!("127.0.0.1:{port}");
-        }
-    }
-}
+pub use microcluster::test_support::free_address;
 
 /// A cluster of `microd` processes on one temporary directory, named `c1`, `c2`, ….
 pub struct Cluster {

@@ -343,6 +343,20 @@ fn cluster_certificate_rotation_keeps_the_cluster_working() {
 /// The servers of the in-process test: a core-API server (also on the control socket) with an
 /// open, a guarded and a pre-init endpoint, a dedicated listener with its own certificate, and
 /// one presenting the cluster certificate.
+/// Replaces the certificate `name` through `client` with a new one, which it returns.
+async fn rotate_certificate(
+    client: &microcluster::Client,
+    name: &str,
+) -> microcluster::Result<microcluster::certs::CertKeyPair> {
+    let rotated = microcluster::certs::generate(name)?;
+    let body = json!({"cert": rotated.cert_pem, "key": rotated.key_pem});
+    let path = format!("/core/1.0/cluster/certificates/{name}");
+    client
+        .query::<Value>(Method::PUT, &path, Some(&body))
+        .await?;
+    Ok(rotated)
+}
+
 fn in_process_servers(metrics_address: &str, status_address: &str) -> Vec<ExtensionServer> {
     let answer = |text: &'static str| {
         ExtensionAction::new(
@@ -531,15 +545,7 @@ fn extension_servers_in_process() {
         );
 
         // Rotating the listener's certificate: new connections get the new one at once.
-        let rotated = microcluster::certs::generate("metrics.example.com")?;
-        let body = json!({"cert": rotated.cert_pem, "key": rotated.key_pem});
-        local
-            .query::<Value>(
-                Method::PUT,
-                "/core/1.0/cluster/certificates/metrics.example.com",
-                Some(&body),
-            )
-            .await?;
+        let rotated = rotate_certificate(&local, "metrics.example.com").await?;
         let pinned_new = microcluster::Client::remote(&moved, &rotated.cert_pem, Some(&server))?;
         assert_eq!(get(pinned_new, "/metrics").await?["text"], "metrics");
         let pinned_old = microcluster::Client::remote(&moved, &metrics_cert, Some(&server))?;
@@ -557,15 +563,7 @@ fn extension_servers_in_process() {
         // A listener on the cluster certificate moves to its own when one is given.
         let status = microcluster::Client::remote(&status_address, &cluster_cert, Some(&server))?;
         assert_eq!(get(status, "/status").await?["text"], "status");
-        let own = microcluster::certs::generate("status.example.com")?;
-        let body = json!({"cert": own.cert_pem, "key": own.key_pem});
-        local
-            .query::<Value>(
-                Method::PUT,
-                "/core/1.0/cluster/certificates/status.example.com",
-                Some(&body),
-            )
-            .await?;
+        let own = rotate_certificate(&local, "status.example.com").await?;
         let status = microcluster::Client::remote(&status_address, &own.cert_pem, Some(&server))?;
         assert_eq!(get(status, "/status").await?["text"], "status");
         let trusted = get(member.clone(), "/1.0/trusted").await?;
