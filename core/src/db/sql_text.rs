@@ -452,7 +452,7 @@ const KEYWORDS: [&str; 147] = [
 ];
 
 /// `name` double-quoted, with `"` doubled.
-fn quoted(name: &str) -> String {
+pub(crate) fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod changeset;
 pub mod local_view;
 pub mod log_store;
 pub mod network;

@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, LogId, StorageIOError, StoredMembership};
 use rusqlite::hooks::Action;
-use rusqlite::session::{ConflictAction, ConflictType};
+use rusqlite::session::ConflictType;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::changeset::{ChangesetApplier, Outcome};
 use super::sqlite::{Kind, OrFail, Res, Worker, read_meta, write_meta};
 use super::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 
@@ -94,6 +95,8 @@ fn open_connection(path: &Path, written: &Written) -> rusqlite::Result<Connectio
     // fsynced snapshots.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
+    // The changeset applier keeps about four statements per table it writes.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     let written = written.clone();
     conn.update_hook(Some(move |_: Action, _: &str, table: &str, _: i64| {
         if !table.starts_with(INTERNAL_TABLE_PREFIX) {
@@ -105,6 +108,9 @@ fn open_connection(path: &Path, written: &Written) -> rusqlite::Result<Connectio
     }))?;
     Ok(conn)
 }
+
+/// How many prepared statements the state machine's connection keeps.
+const STATEMENT_CACHE_CAPACITY: usize = 256;
 
 /// How long a transaction's connection waits for the write lock.
 const READER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -169,6 +175,7 @@ struct Db {
     conn: Connection,
     written: Written,
     gate: WriteGate,
+    applier: ChangesetApplier,
 }
 
 impl Db {
@@ -181,6 +188,7 @@ impl Db {
             conn,
             written,
             gate,
+            applier: ChangesetApplier::default(),
         })
     }
 
@@ -194,6 +202,7 @@ impl Db {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .or_fail(WRITE_SM)?;
+        self.applier.begin(&tx).or_fail(WRITE_SM)?;
         let mut results = Vec::with_capacity(entries.len());
         let mut last = None;
         let mut last_writes = LastWrites::default();
@@ -212,6 +221,7 @@ impl Db {
                         let result = Db::apply_recorded(
                             &self.written,
                             &tx,
+                            &mut self.applier,
                             &mut last_writes,
                             index,
                             command,
@@ -220,9 +230,14 @@ impl Db {
                     }
                     CommandResult::Batch { results }
                 }
-                EntryPayload::Normal(command) => {
-                    Db::apply_recorded(&self.written, &tx, &mut last_writes, index, &command)?
-                }
+                EntryPayload::Normal(command) => Db::apply_recorded(
+                    &self.written,
+                    &tx,
+                    &mut self.applier,
+                    &mut last_writes,
+                    index,
+                    &command,
+                )?,
             };
             last = Some(entry.log_id);
             results.push(result);
@@ -239,12 +254,13 @@ impl Db {
     fn apply_recorded(
         written: &Written,
         tx: &rusqlite::Transaction<'_>,
+        applier: &mut ChangesetApplier,
         last_writes: &mut LastWrites,
         index: u64,
         command: &Command,
     ) -> Res<CommandResult> {
         take(written);
-        let result = apply_command(tx, last_writes, index, command)?;
+        let result = apply_command(tx, applier, last_writes, index, command)?;
         let mut written = take(written);
         if matches!(command, Command::Sql { .. }) {
             written.insert(SCHEMA_MARKER.to_string());
@@ -308,6 +324,7 @@ impl Db {
         std::fs::rename(&temp, &db_path).or_fail(WRITE_SNAPSHOT)?;
         sync_file_and_dir(&db_path, WRITE_SNAPSHOT)?;
         self.conn = open_connection(&db_path, &self.written).or_fail(WRITE_SNAPSHOT)?;
+        self.applier = ChangesetApplier::default();
         Ok(())
     }
 
@@ -326,8 +343,7 @@ impl Db {
 
 /// The index of the last write of each table (`_microcluster_table_writes`) as one batch of
 /// entries is applied: read at most once per table, and written once per table at the end of
-/// the batch. (Each changeset apply expires the connection's prepared statements, so a query
-/// per command would be parsed again every time.)
+/// the batch.
 #[derive(Default)]
 struct LastWrites {
     /// The tables looked up or written so far, and whether each was written.
@@ -341,12 +357,8 @@ impl LastWrites {
             return Ok(*index);
         }
         let index: Option<i64> = tx
-            .query_row(
-                "SELECT idx FROM _microcluster_table_writes WHERE name = ?1",
-                [table],
-                |row| row.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT idx FROM _microcluster_table_writes WHERE name = ?1")
+            .and_then(|mut query| query.query_row([table], |row| row.get(0)).optional())
             .or_fail(WRITE_SM)?;
         let index = index.map(|index| index as u64);
         self.known.insert(table.to_string(), (index, false));
@@ -362,10 +374,10 @@ impl LastWrites {
     fn save(self, tx: &rusqlite::Transaction<'_>) -> Res<()> {
         for (table, (index, written)) in self.known {
             if let (Some(index), true) = (index, written) {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO _microcluster_table_writes (name, idx) VALUES (?1, ?2)",
-                    params![table, index as i64],
                 )
+                .and_then(|mut insert| insert.execute(params![table, index as i64]))
                 .or_fail(WRITE_SM)?;
             }
         }
@@ -377,6 +389,7 @@ impl LastWrites {
 /// not raised: they are deterministic outcomes of the log.
 fn apply_command(
     tx: &rusqlite::Transaction<'_>,
+    applier: &mut ChangesetApplier,
     last_writes: &mut LastWrites,
     index: u64,
     command: &Command,
@@ -405,6 +418,7 @@ fn apply_command(
             message: "nested batches are not supported".to_string(),
         },
         Command::Sql { sql } => {
+            applier.before_sql(tx).or_fail(WRITE_SM)?;
             // In a savepoint, so a failing statement undoes the statements before it.
             tx.execute_batch("SAVEPOINT entry").or_fail(WRITE_SM)?;
             let before = tx.total_changes();
@@ -427,29 +441,17 @@ fn apply_command(
             tx.execute_batch(finish).or_fail(WRITE_SM)?;
             outcome
         }
-        // sqlite3changeset_apply works in a savepoint of its own, which it rolls back on a
-        // conflict or an error.
         Command::Changeset { changeset, .. } => {
-            let conflict = Arc::new(Mutex::new(None::<String>));
-            let seen = conflict.clone();
-            let mut input: &[u8] = changeset;
-            let applied =
-                tx.apply_strm(&mut input, None::<fn(&str) -> bool>, move |kind, _item| {
-                    *seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                        Some(conflict_name(kind));
-                    ConflictAction::SQLITE_CHANGESET_ABORT
-                });
-            let kind = conflict
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take();
-            match (applied, kind) {
-                (Ok(()), None) => CommandResult::Applied { rows_affected: 0 },
-                (_, Some(kind)) => CommandResult::Conflict {
-                    reason: format!("changeset conflict ({kind}) at index {index}"),
+            match applier.apply(tx, changeset).or_fail(WRITE_SM)? {
+                Outcome::Applied => CommandResult::Applied { rows_affected: 0 },
+                Outcome::Conflict(kind) => CommandResult::Conflict {
+                    reason: format!(
+                        "changeset conflict ({}) at index {index}",
+                        conflict_name(kind)
+                    ),
                 },
-                (Err(err), None) => CommandResult::Conflict {
-                    reason: format!("changeset could not be applied at index {index}: {err}"),
+                Outcome::Unusable(why) => CommandResult::Conflict {
+                    reason: format!("changeset could not be applied at index {index}: {why}"),
                 },
             }
         }
