@@ -50,6 +50,13 @@ const INTROSPECTION_PRAGMAS: &[&str] = &[
     "quick_check",
 ];
 
+/// Whether `name` is one of [`INTROSPECTION_PRAGMAS`], in any case.
+pub(crate) fn is_introspection_pragma(name: &str) -> bool {
+    INTROSPECTION_PRAGMAS
+        .iter()
+        .any(|pragma| pragma.eq_ignore_ascii_case(name))
+}
+
 /// How fresh the reads of a transaction are.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReadMode {
@@ -172,7 +179,7 @@ impl Observed {
                 pragma_name,
                 pragma_value,
             } => {
-                if pragma_value.is_none() || INTROSPECTION_PRAGMAS.contains(&pragma_name) {
+                if pragma_value.is_none() || is_introspection_pragma(pragma_name) {
                     Authorization::Allow
                 } else {
                     self.refuse("Pragmas that change settings are not allowed in a transaction")

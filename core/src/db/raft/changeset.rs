@@ -388,7 +388,7 @@ fn is_constraint(err: &rusqlite::Error) -> bool {
 
 /// Whether the current transaction leaves a foreign key dangling (counted while foreign keys
 /// are deferred).
-fn foreign_keys_dangling(conn: &Connection) -> bool {
+pub(super) fn foreign_keys_dangling(conn: &Connection) -> bool {
     let (mut current, mut highwater) = (0, 0);
     // SAFETY: the handle is the live connection `conn` borrows, used on this thread only, and
     // both outputs are valid for writing.

@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, LogId, StorageIOError, StoredMembership};
-use rusqlite::hooks::Action;
+use rusqlite::hooks::{Action, AuthAction, AuthContext, Authorization};
 use rusqlite::session::ConflictType;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::changeset::{ChangesetApplier, Outcome};
+use super::changeset::{self, ChangesetApplier, Outcome};
 use super::sqlite::{Kind, OrFail, Res, Worker, read_meta, write_meta};
 use super::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 
@@ -64,6 +64,15 @@ const RECEIVED_FILE: &str = "snapshots/received.db";
 /// Tables changed by the entry being applied, filled by the connection's update hook.
 type Written = Arc<Mutex<BTreeSet<String>>>;
 
+/// What the state machine connection's hooks share with the apply.
+#[derive(Clone, Default)]
+struct Hooks {
+    /// Filled by the update hook.
+    written: Written,
+    /// Consulted by the authorizer.
+    settings: Arc<SettingsGuard>,
+}
+
 /// Empties `written`, returning what it held.
 fn take(written: &Written) -> BTreeSet<String> {
     std::mem::take(
@@ -86,7 +95,7 @@ fn wait_for_lock(attempts: i32) -> bool {
     true
 }
 
-fn open_connection(path: &Path, written: &Written) -> rusqlite::Result<Connection> {
+fn open_connection(path: &Path, hooks: &Hooks) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
     conn.busy_handler(Some(wait_for_lock))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -97,7 +106,11 @@ fn open_connection(path: &Path, written: &Written) -> rusqlite::Result<Connectio
     conn.execute_batch(SCHEMA)?;
     // The changeset applier keeps about four statements per table it writes.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-    let written = written.clone();
+    let settings = hooks.settings.clone();
+    conn.authorizer(Some(move |context: AuthContext<'_>| {
+        settings.authorize(context)
+    }))?;
+    let written = hooks.written.clone();
     conn.update_hook(Some(move |_: Action, _: &str, table: &str, _: i64| {
         if !table.starts_with(INTERNAL_TABLE_PREFIX) {
             written
@@ -173,7 +186,7 @@ fn sync_file_and_dir(path: &Path, kind: Kind) -> Res<()> {
 struct Db {
     dir: PathBuf,
     conn: Connection,
-    written: Written,
+    hooks: Hooks,
     gate: WriteGate,
     applier: ChangesetApplier,
 }
@@ -181,12 +194,12 @@ struct Db {
 impl Db {
     fn open(dir: &Path, gate: WriteGate) -> Res<Db> {
         std::fs::create_dir_all(dir.join("snapshots")).or_fail(WRITE_SM)?;
-        let written = Written::default();
-        let conn = open_connection(&dir.join(DB_FILE), &written).or_fail(WRITE_SM)?;
+        let hooks = Hooks::default();
+        let conn = open_connection(&dir.join(DB_FILE), &hooks).or_fail(WRITE_SM)?;
         Ok(Db {
             dir: dir.to_path_buf(),
             conn,
-            written,
+            hooks,
             gate,
             applier: ChangesetApplier::default(),
         })
@@ -219,7 +232,7 @@ impl Db {
                     let mut results = Vec::with_capacity(commands.len());
                     for command in &commands {
                         let result = Db::apply_recorded(
-                            &self.written,
+                            &self.hooks,
                             &tx,
                             &mut self.applier,
                             &mut last_writes,
@@ -231,7 +244,7 @@ impl Db {
                     CommandResult::Batch { results }
                 }
                 EntryPayload::Normal(command) => Db::apply_recorded(
-                    &self.written,
+                    &self.hooks,
                     &tx,
                     &mut self.applier,
                     &mut last_writes,
@@ -252,16 +265,16 @@ impl Db {
 
     /// Applies one command of entry `index` and records the tables it wrote at that index.
     fn apply_recorded(
-        written: &Written,
+        hooks: &Hooks,
         tx: &rusqlite::Transaction<'_>,
         applier: &mut ChangesetApplier,
         last_writes: &mut LastWrites,
         index: u64,
         command: &Command,
     ) -> Res<CommandResult> {
-        take(written);
-        let result = apply_command(tx, applier, last_writes, index, command)?;
-        let mut written = take(written);
+        take(&hooks.written);
+        let result = apply_command(tx, applier, &hooks.settings, last_writes, index, command)?;
+        let mut written = take(&hooks.written);
         if matches!(command, Command::Sql { .. }) {
             written.insert(SCHEMA_MARKER.to_string());
         }
@@ -323,7 +336,7 @@ impl Db {
         }
         std::fs::rename(&temp, &db_path).or_fail(WRITE_SNAPSHOT)?;
         sync_file_and_dir(&db_path, WRITE_SNAPSHOT)?;
-        self.conn = open_connection(&db_path, &self.written).or_fail(WRITE_SNAPSHOT)?;
+        self.conn = open_connection(&db_path, &self.hooks).or_fail(WRITE_SNAPSHOT)?;
         self.applier = ChangesetApplier::default();
         Ok(())
     }
@@ -390,6 +403,7 @@ impl LastWrites {
 fn apply_command(
     tx: &rusqlite::Transaction<'_>,
     applier: &mut ChangesetApplier,
+    guard: &SettingsGuard,
     last_writes: &mut LastWrites,
     index: u64,
     command: &Command,
@@ -417,30 +431,7 @@ fn apply_command(
         Command::Batch { .. } => CommandResult::Failed {
             message: "nested batches are not supported".to_string(),
         },
-        Command::Sql { sql } => {
-            applier.before_sql(tx).or_fail(WRITE_SM)?;
-            // In a savepoint, so a failing statement undoes the statements before it.
-            tx.execute_batch("SAVEPOINT entry").or_fail(WRITE_SM)?;
-            let before = tx.total_changes();
-            let outcome = match tx.execute_batch(sql) {
-                Err(err) => CommandResult::Failed {
-                    message: err.to_string(),
-                },
-                // Changesets address rows by primary key (DESIGN §4.2).
-                Ok(()) => match crate::db::sql_text::primary_key_violation(tx).or_fail(WRITE_SM)? {
-                    Some(message) => CommandResult::Failed { message },
-                    None => CommandResult::Applied {
-                        rows_affected: tx.total_changes() - before,
-                    },
-                },
-            };
-            let finish = match outcome {
-                CommandResult::Applied { .. } => "RELEASE entry",
-                _ => "ROLLBACK TO entry; RELEASE entry",
-            };
-            tx.execute_batch(finish).or_fail(WRITE_SM)?;
-            outcome
-        }
+        Command::Sql { sql } => apply_sql(tx, applier, guard, sql)?,
         Command::Changeset { changeset, .. } => {
             match applier.apply(tx, changeset).or_fail(WRITE_SM)? {
                 Outcome::Applied => CommandResult::Applied { rows_affected: 0 },
@@ -456,6 +447,103 @@ fn apply_command(
             }
         }
     };
+    Ok(outcome)
+}
+
+/// Settings that SQL text may set with `PRAGMA`: `foreign_keys` (a no-op inside a
+/// transaction, common in migration recipes), `defer_foreign_keys` and `legacy_alter_table`
+/// (which end with their entry), and `user_version` and `application_id` (stored in the
+/// database file, so replicated like any data).
+const SETTABLE_PRAGMAS: &[&str] = &[
+    "foreign_keys",
+    "defer_foreign_keys",
+    "legacy_alter_table",
+    "user_version",
+    "application_id",
+];
+
+/// The state machine connection's authorizer: while SQL text runs, it refuses `PRAGMA`s that
+/// set anything but [`SETTABLE_PRAGMAS`] (pragmas that only describe a table or index, with
+/// its name as argument, are allowed), and records why.
+#[derive(Default)]
+struct SettingsGuard {
+    active: std::sync::atomic::AtomicBool,
+    refused: Mutex<Option<String>>,
+}
+
+impl SettingsGuard {
+    fn authorize(&self, context: AuthContext<'_>) -> Authorization {
+        match context.action {
+            AuthAction::Pragma {
+                pragma_name,
+                pragma_value: Some(_),
+            } if self.active.load(Ordering::SeqCst)
+                && !crate::db::tx::is_introspection_pragma(pragma_name)
+                && !SETTABLE_PRAGMAS
+                    .iter()
+                    .any(|settable| settable.eq_ignore_ascii_case(pragma_name)) =>
+            {
+                *self
+                    .refused
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(format!(
+                    "PRAGMA {pragma_name} cannot be set in replicated SQL: the settings of a database connection are not replicated"
+                ));
+                Authorization::Deny
+            }
+            _ => Authorization::Allow,
+        }
+    }
+}
+
+/// Applies an SQL text entry (DDL: schema updates and the SQL API) in a savepoint, so a failing
+/// statement undoes the statements before it.
+///
+/// The database connection's settings are not replicated state: a member that restarts, or
+/// that installs a snapshot, opens a new connection with the defaults, and the entries that
+/// share one SQLite transaction differ between members. So SQL text may not set them (except
+/// [`SETTABLE_PRAGMAS`]), and the ones it may set end with the entry. Foreign keys that the
+/// entry leaves dangling fail it, as they would fail a `COMMIT`.
+fn apply_sql(
+    tx: &rusqlite::Transaction<'_>,
+    applier: &mut ChangesetApplier,
+    guard: &SettingsGuard,
+    sql: &str,
+) -> Res<CommandResult> {
+    applier.before_sql(tx).or_fail(WRITE_SM)?;
+    tx.execute_batch("SAVEPOINT entry").or_fail(WRITE_SM)?;
+    let before = tx.total_changes();
+    guard.active.store(true, Ordering::SeqCst);
+    let ran = tx.execute_batch(sql);
+    guard.active.store(false, Ordering::SeqCst);
+    let refused = guard
+        .refused
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    let outcome = match (ran, refused) {
+        (_, Some(message)) => CommandResult::Failed { message },
+        (Err(err), None) => CommandResult::Failed {
+            message: err.to_string(),
+        },
+        (Ok(()), None) if changeset::foreign_keys_dangling(tx) => CommandResult::Failed {
+            message: "FOREIGN KEY constraint failed".to_string(),
+        },
+        // Changesets address rows by primary key (DESIGN §4.2).
+        (Ok(()), None) => match crate::db::sql_text::primary_key_violation(tx).or_fail(WRITE_SM)? {
+            Some(message) => CommandResult::Failed { message },
+            None => CommandResult::Applied {
+                rows_affected: tx.total_changes() - before,
+            },
+        },
+    };
+    let finish = match outcome {
+        CommandResult::Applied { .. } => "RELEASE entry",
+        _ => "ROLLBACK TO entry; RELEASE entry",
+    };
+    tx.execute_batch(finish).or_fail(WRITE_SM)?;
+    tx.execute_batch("PRAGMA defer_foreign_keys = OFF; PRAGMA legacy_alter_table = OFF")
+        .or_fail(WRITE_SM)?;
     Ok(outcome)
 }
 

@@ -261,6 +261,107 @@ async fn a_batch_applies_each_command_on_its_own_and_in_order() {
     assert_eq!(rows.keys().collect::<Vec<_>>(), ["a", "c"]);
 }
 
+/// The message of a failed command, or a panic naming what it was instead.
+fn failure(result: &CommandResult) -> &str {
+    match result {
+        CommandResult::Failed { message } => message,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sql_text_cannot_set_connection_settings_that_are_not_replicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let results = sm
+        .apply(vec![
+            entry(1, sql(KV)),
+            entry(2, sql("PRAGMA recursive_triggers = ON")),
+            entry(
+                3,
+                sql("INSERT INTO kv VALUES ('a', '1'); PRAGMA query_only = 1"),
+            ),
+            entry(4, sql("PRAGMA user_version = 7; PRAGMA table_info(kv)")),
+            entry(5, sql("INSERT INTO kv VALUES ('b', '2')")),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        failure(&results[1]).contains("PRAGMA recursive_triggers cannot be set"),
+        "{results:?}"
+    );
+    // The statements before the refused one are undone with it.
+    assert!(failure(&results[2]).contains("PRAGMA query_only cannot be set"));
+    // Settings stored in the database file, and pragmas that only read, are allowed.
+    assert!(
+        matches!(results[3], CommandResult::Applied { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[4], CommandResult::Applied { .. }),
+        "{results:?}"
+    );
+    assert_eq!(dump(dir.path()), BTreeMap::from([("b".into(), "2".into())]));
+    let version: i64 = Connection::open(dir.path().join("db.sqlite3"))
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 7);
+}
+
+#[tokio::test]
+async fn deferred_foreign_keys_end_with_their_sql_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let schema = "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+                  CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parent(id));";
+    // One batch: the entries share one SQLite transaction here, but not on a member that
+    // applies them in other batches, so nothing may carry over from one entry to the next.
+    let results = sm
+        .apply(vec![
+            entry(1, sql(schema)),
+            entry(2, sql("PRAGMA defer_foreign_keys = ON")),
+            // Foreign keys are immediate again: the first statement fails.
+            entry(
+                3,
+                sql("INSERT INTO child VALUES (1, 99); INSERT INTO parent VALUES (99)"),
+            ),
+            entry(
+                4,
+                sql("PRAGMA defer_foreign_keys = ON; INSERT INTO child VALUES (2, 98)"),
+            ),
+            entry(
+                5,
+                sql(
+                    "PRAGMA defer_foreign_keys = ON; INSERT INTO child VALUES (3, 97);
+                     INSERT INTO parent VALUES (97)",
+                ),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(results[1], CommandResult::Applied { .. }),
+        "{results:?}"
+    );
+    assert!(failure(&results[2]).contains("FOREIGN KEY"), "{results:?}");
+    // Dangling at the end of its own entry: failed, as a COMMIT would fail.
+    assert_eq!(failure(&results[3]), "FOREIGN KEY constraint failed");
+    assert!(
+        matches!(results[4], CommandResult::Applied { .. }),
+        "{results:?}"
+    );
+    let conn = Connection::open(dir.path().join("db.sqlite3")).unwrap();
+    let children: Vec<(i64, i64)> = conn
+        .prepare("SELECT id, parent FROM child ORDER BY id")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(children, [(3, 97)]);
+}
+
 #[test]
 fn openraft_storage_suite_passes() {
     openraft::testing::Suite::test_all(SuiteBuilder).unwrap();
