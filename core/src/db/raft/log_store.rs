@@ -78,13 +78,9 @@ fn index_range((start, end): (Bound<u64>, Bound<u64>)) -> (u64, u64) {
     (start, end)
 }
 
-/// Reads the entries of `range` in index order, stopping after `limit_bytes` (at least one).
-fn read_entries(
-    conn: &Connection,
-    (start, end): (Bound<u64>, Bound<u64>),
-    limit_bytes: usize,
-) -> Res<Vec<LogEntry>> {
-    let (start, end) = index_range((start, end));
+/// Reads the entries of `[start, end)` in index order, stopping after `limit_bytes` (at least
+/// one).
+fn read_entries(conn: &Connection, start: u64, end: u64, limit_bytes: usize) -> Res<Vec<LogEntry>> {
     let sql = "SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx";
     let mut stmt = conn.prepare_cached(sql).or_fail(READ_LOGS)?;
     let mut rows = stmt
@@ -305,7 +301,7 @@ impl LogReader {
         if let Some(entries) = lock(&self.recent).read(start, end, limit_bytes) {
             return Ok(entries);
         }
-        let f = move |conn: &mut Connection| read_entries(conn, range, limit_bytes);
+        let f = move |conn: &mut Connection| read_entries(conn, start, end, limit_bytes);
         self.reader.call(READ_LOGS, f).await
     }
 }
