@@ -1,7 +1,8 @@
 //! Applies a transaction's changeset to the state machine database.
 //!
 //! The outcome is always the one `sqlite3changeset_apply` gives with a conflict handler that
-//! aborts at the first conflict, but most changesets take a faster road.
+//! aborts at the first conflict (with triggers and foreign key actions off, see below), but
+//! most changesets take a faster road.
 //! `sqlite3changeset_apply` reads the table's columns and prepares its statements again at
 //! every call, and the `PRAGMA defer_foreign_keys` it runs expires every statement prepared on
 //! the connection: every changeset cost about eight statement compilations.
@@ -18,17 +19,27 @@
 //! skips that table's changes. The fast road does not reproduce these rules. In these cases
 //! it undoes what it did and hands the changeset to `sqlite3changeset_apply` itself.
 //! `tests` checks the outcomes of both roads against `sqlite3changeset_apply`.
+//!
+//! A changeset is replayed as it is: triggers and foreign key actions (`ON DELETE CASCADE`
+//! and the like) already ran where the transaction ran, and the session extension recorded
+//! what they did along with the rest. Running them again would make their changes twice (and
+//! conflict with the recorded ones every time). So while changesets apply, the connection's
+//! triggers are off, and foreign key actions act as `NO ACTION`: a deleted or updated parent
+//! row that still has children leaves them dangling, which is a conflict unless the changeset
+//! also changes them. The fast road hands deletes and updates of a table that foreign key
+//! actions refer to over to `sqlite3changeset_apply_v2`, whose `FKNOACTION` flag does this.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::ffi::{CStr, c_int, c_void};
 use std::io::Read;
-use std::sync::{Arc, Mutex};
 
+use rusqlite::config::DbConfig;
 use rusqlite::fallible_streaming_iterator::FallibleStreamingIterator;
 use rusqlite::hooks::Action;
-use rusqlite::session::{ChangesetItem, ChangesetIter, ConflictAction, ConflictType};
+use rusqlite::session::{ChangesetItem, ChangesetIter, ConflictType};
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::{Connection, ErrorCode, ffi};
 
 use crate::db::sql_text::quoted;
 
@@ -62,6 +73,9 @@ pub(super) struct ChangesetApplier {
     schema_version: i64,
     /// Whether foreign keys are deferred in the current transaction.
     deferred: bool,
+    /// Whether the connection's triggers are off (they stay off from one transaction to the
+    /// next, until SQL text runs).
+    triggers_off: bool,
 }
 
 impl ChangesetApplier {
@@ -79,13 +93,32 @@ impl ChangesetApplier {
         Ok(())
     }
 
-    /// Prepares for SQL text in the current transaction: it runs with immediate foreign keys
-    /// as it would anywhere else, and it may change the schema.
+    /// Prepares for SQL text in the current transaction: it runs with triggers and immediate
+    /// foreign keys as it would anywhere else, and it may change the schema.
     pub(super) fn before_sql(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         self.tables.clear();
         if self.deferred {
             conn.execute_batch("PRAGMA defer_foreign_keys = OFF")?;
             self.deferred = false;
+        }
+        if self.triggers_off {
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
+            self.triggers_off = false;
+        }
+        Ok(())
+    }
+
+    /// Sets the connection up to replay changesets: triggers off, foreign keys deferred. Each
+    /// setting expires the connection's prepared statements, so it is changed only when needed.
+    fn replaying(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if !self.triggers_off {
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+            self.triggers_off = true;
+        }
+        if !self.deferred {
+            // Reset by the transaction's COMMIT.
+            conn.execute_batch("PRAGMA defer_foreign_keys = ON")?;
+            self.deferred = true;
         }
         Ok(())
     }
@@ -97,12 +130,7 @@ impl ChangesetApplier {
         conn: &Connection,
         changeset: &[u8],
     ) -> rusqlite::Result<Outcome> {
-        if !self.deferred {
-            // Reset by the transaction's COMMIT, so this expires the prepared statements once
-            // per transaction.
-            conn.execute_batch("PRAGMA defer_foreign_keys = ON")?;
-            self.deferred = true;
-        }
+        self.replaying(conn)?;
         conn.prepare_cached("SAVEPOINT changeset")?.execute([])?;
         let step = match self.apply_changes(conn, changeset) {
             Ok(Step::Done) if foreign_keys_dangling(conn) => {
@@ -146,10 +174,13 @@ impl ChangesetApplier {
                     None => return Ok(Step::Exact),
                 },
             };
-            if !table.matches(change.pk()?) {
+            let action = op.code();
+            if !table.matches(change.pk()?)
+                || (table.has_actions && action != Action::SQLITE_INSERT)
+            {
                 return Ok(Step::Exact);
             }
-            let step = table.apply(conn, change, op.code())?;
+            let step = table.apply(conn, change, action)?;
             if step != Step::Done {
                 return Ok(step);
             }
@@ -158,26 +189,55 @@ impl ChangesetApplier {
     }
 }
 
-/// Applies `changeset` with `sqlite3changeset_apply`, aborting at the first conflict.
+/// Applies `changeset` with `sqlite3changeset_apply_v2`, aborting at the first conflict, with
+/// foreign key actions acting as `NO ACTION` (the connection's triggers must be off).
 fn apply_exactly(conn: &Connection, changeset: &[u8]) -> rusqlite::Result<Outcome> {
-    let seen = Arc::new(Mutex::new(None));
-    let record = seen.clone();
-    let mut input = changeset;
-    let applied = conn.apply_strm(&mut input, None::<fn(&str) -> bool>, move |kind, _| {
-        *record
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(kind);
-        ConflictAction::SQLITE_CHANGESET_ABORT
-    });
-    let kind = seen
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take();
-    match (applied, kind) {
-        (Ok(()), None) => Ok(Outcome::Applied),
-        (_, Some(kind)) => Ok(Outcome::Conflict(kind)),
-        (Err(err), None) if depends_on_machine(&err) => Err(err),
-        (Err(err), None) => Ok(Outcome::Unusable(err.to_string())),
+    /// Records the kind of the conflict in the `Option<c_int>` `context` points to, and
+    /// aborts.
+    unsafe extern "C" fn abort_on_conflict(
+        context: *mut c_void,
+        kind: c_int,
+        _: *mut ffi::sqlite3_changeset_iter,
+    ) -> c_int {
+        // SAFETY: `context` is the `seen` of the call below, which outlives it.
+        unsafe { *context.cast::<Option<c_int>>() = Some(kind) };
+        ffi::SQLITE_CHANGESET_ABORT
+    }
+    let Ok(size) = c_int::try_from(changeset.len()) else {
+        return Ok(Outcome::Unusable("the changeset is too large".to_string()));
+    };
+    let mut seen: Option<c_int> = None;
+    // SAFETY: the handle is the live connection `conn` borrows, used on this thread only.
+    // SQLite only reads the changeset (the pointer is not const in its signature), and the
+    // handler writes only to `seen`, which outlives the call. No rebase buffer is asked for.
+    let rc = unsafe {
+        ffi::sqlite3changeset_apply_v2(
+            conn.handle(),
+            size,
+            changeset.as_ptr().cast_mut().cast(),
+            None,
+            Some(abort_on_conflict),
+            (&raw mut seen).cast(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            ffi::SQLITE_CHANGESETAPPLY_FKNOACTION,
+        )
+    };
+    if let Some(kind) = seen {
+        return Ok(Outcome::Conflict(ConflictType::from(kind)));
+    }
+    if rc == ffi::SQLITE_OK {
+        return Ok(Outcome::Applied);
+    }
+    // SAFETY: as above; the message is copied before the connection is used again.
+    let message = unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(conn.handle())) }
+        .to_string_lossy()
+        .into_owned();
+    let err = rusqlite::Error::SqliteFailure(ffi::Error::new(rc), Some(message));
+    if depends_on_machine(&err) {
+        Err(err)
+    } else {
+        Ok(Outcome::Unusable(err.to_string()))
     }
 }
 
@@ -185,6 +245,8 @@ fn apply_exactly(conn: &Connection, changeset: &[u8]) -> rusqlite::Result<Outcom
 struct Table {
     /// Whether each column is part of the primary key.
     primary_key: Vec<bool>,
+    /// Whether foreign key actions (`ON DELETE CASCADE` …) of some table refer to this one.
+    has_actions: bool,
     insert: String,
     delete: String,
     /// Selects the row with the primary key.
@@ -209,6 +271,15 @@ impl Table {
         if described.is_empty() {
             return Ok(None);
         }
+        let has_actions = conn
+            .prepare_cached(
+                "SELECT 1 FROM sqlite_schema AS s, pragma_foreign_key_list(s.name) AS f
+                 WHERE s.type = 'table' AND f.\"table\" = ?1 COLLATE NOCASE
+                   AND (f.on_delete NOT IN ('NO ACTION', 'RESTRICT')
+                        OR f.on_update NOT IN ('NO ACTION', 'RESTRICT'))
+                 LIMIT 1",
+            )?
+            .exists([name])?;
         let name = quoted(name);
         let columns: Vec<String> = described.iter().map(|(column, _)| quoted(column)).collect();
         let primary_key: Vec<bool> = described.iter().map(|(_, key)| *key).collect();
@@ -228,6 +299,7 @@ impl Table {
         let find = format!("SELECT 1 FROM main.{name} WHERE {key_condition}");
         Ok(Some(Table {
             primary_key,
+            has_actions,
             insert,
             delete,
             find,
@@ -528,8 +600,11 @@ mod tests {
         .collect()
     }
 
-    /// The outcome of `sqlite3changeset_apply`.
+    /// The outcome of `sqlite3changeset_apply`, replaying: triggers off, foreign key actions
+    /// as `NO ACTION`.
     fn apply_with_sqlite(conn: &Connection, changeset: &[u8]) -> Outcome {
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
+            .unwrap();
         apply_exactly(conn, changeset).unwrap()
     }
 
@@ -552,7 +627,7 @@ mod tests {
         let tx = conn.transaction().unwrap();
         let mut applier = ChangesetApplier::default();
         applier.begin(&tx).unwrap();
-        tx.execute_batch("PRAGMA defer_foreign_keys = ON").unwrap();
+        applier.replaying(&tx).unwrap();
         match applier.apply_changes(&tx, changeset).unwrap() {
             Step::Done if foreign_keys_dangling(&tx) => {
                 Step::Conflict(ConflictType::SQLITE_CHANGESET_FOREIGN_KEY)

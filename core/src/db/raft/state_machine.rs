@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, LogId, StorageIOError, StoredMembership};
-use rusqlite::hooks::{Action, AuthAction, AuthContext, Authorization};
+use rusqlite::hooks::{Action, AuthAction, AuthContext, Authorization, PreUpdateCase};
 use rusqlite::session::ConflictType;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -61,13 +61,13 @@ const SNAPSHOT_FILE: &str = "snapshots/current.db";
 const RECEIVING_FILE: &str = "snapshots/incoming.db";
 const RECEIVED_FILE: &str = "snapshots/received.db";
 
-/// Tables changed by the entry being applied, filled by the connection's update hook.
+/// Tables changed by the entry being applied, filled by the connection's pre-update hook.
 type Written = Arc<Mutex<BTreeSet<String>>>;
 
 /// What the state machine connection's hooks share with the apply.
 #[derive(Clone, Default)]
 struct Hooks {
-    /// Filled by the update hook.
+    /// Filled by the pre-update hook.
     written: Written,
     /// Consulted by the authorizer.
     settings: Arc<SettingsGuard>,
@@ -110,15 +110,19 @@ fn open_connection(path: &Path, hooks: &Hooks) -> rusqlite::Result<Connection> {
     conn.authorizer(Some(move |context: AuthContext<'_>| {
         settings.authorize(context)
     }))?;
+    // The pre-update hook, not the update hook: SQLite does not call the update hook for
+    // changes to `WITHOUT ROWID` tables.
     let written = hooks.written.clone();
-    conn.update_hook(Some(move |_: Action, _: &str, table: &str, _: i64| {
-        if !table.starts_with(INTERNAL_TABLE_PREFIX) {
-            written
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(table.to_string());
-        }
-    }))?;
+    conn.preupdate_hook(Some(
+        move |_: Action, _: &str, table: &str, _: &PreUpdateCase| {
+            if !table.starts_with(INTERNAL_TABLE_PREFIX) {
+                written
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(table.to_string());
+            }
+        },
+    ))?;
     Ok(conn)
 }
 

@@ -7,6 +7,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 use rusqlite::Connection;
 use rusqlite::session::Session;
+use rusqlite::types::FromSql;
 
 use super::state_machine::StateMachine;
 use super::{Command, CommandResult, MemberNode, TypeConfig};
@@ -44,14 +45,19 @@ fn changeset(rows: &[(&str, &str)], statements: &str) -> Vec<u8> {
     out
 }
 
-fn dump(dir: &std::path::Path) -> BTreeMap<String, String> {
+/// The two columns of the rows `query` selects from the state machine database in `dir`.
+fn pairs<A: FromSql, B: FromSql>(dir: &std::path::Path, query: &str) -> Vec<(A, B)> {
     let conn = Connection::open(dir.join("db.sqlite3")).unwrap();
-    let mut statement = conn.prepare("SELECT k, v FROM kv").unwrap();
+    let mut statement = conn.prepare(query).unwrap();
     statement
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect()
+}
+
+fn dump(dir: &std::path::Path) -> BTreeMap<String, String> {
+    pairs(dir, "SELECT k, v FROM kv").into_iter().collect()
 }
 
 #[tokio::test]
@@ -351,18 +357,128 @@ async fn deferred_foreign_keys_end_with_their_sql_entry() {
         matches!(results[4], CommandResult::Applied { .. }),
         "{results:?}"
     );
-    let conn = Connection::open(dir.path().join("db.sqlite3")).unwrap();
-    let children: Vec<(i64, i64)> = conn
-        .prepare("SELECT id, parent FROM child ORDER BY id")
-        .unwrap()
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let children: Vec<(i64, i64)> = pairs(dir.path(), "SELECT id, parent FROM child ORDER BY id");
     assert_eq!(children, [(3, 97)]);
 }
 
 #[test]
 fn openraft_storage_suite_passes() {
     openraft::testing::Suite::test_all(SuiteBuilder).unwrap();
+}
+
+/// The changeset of `statements` run on a scratch database made with `schema`.
+fn changeset_on(schema: &str, statements: &str) -> Vec<u8> {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(schema).unwrap();
+    let mut session = Session::new(&conn).unwrap();
+    session.attach(None::<&str>).unwrap();
+    conn.execute_batch(statements).unwrap();
+    let mut out = Vec::new();
+    session.changeset_strm(&mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn writes_to_without_rowid_tables_make_stale_readers_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let schema = "CREATE TABLE flags (name TEXT PRIMARY KEY, enabled INTEGER) WITHOUT ROWID;
+                  CREATE TABLE kv (k TEXT PRIMARY KEY NOT NULL, v TEXT NOT NULL);";
+    let flag_on = Command::Changeset {
+        base: 1,
+        read_tables: vec![],
+        changeset: changeset_on(schema, "INSERT INTO flags VALUES ('x', 1)"),
+    };
+    // Read `flags` at base 1 (before the flag was set) and wrote `kv`: write skew unless it
+    // conflicts.
+    let skewed = Command::Changeset {
+        base: 1,
+        read_tables: vec!["flags".into()],
+        changeset: changeset_on(schema, "INSERT INTO kv VALUES ('a', 'flag was off')"),
+    };
+    let results = sm
+        .apply(vec![
+            entry(1, sql(schema)),
+            entry(2, flag_on),
+            entry(3, skewed),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(results[1], CommandResult::Applied { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[2], CommandResult::Conflict { reason } if reason.contains("\"flags\"")),
+        "{results:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_delete_that_cascades_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let schema = "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+                  CREATE TABLE child (id INTEGER PRIMARY KEY,
+                                      parent INTEGER REFERENCES parent(id) ON DELETE CASCADE);";
+    let rows = "INSERT INTO parent VALUES (1); INSERT INTO child VALUES (10, 1), (11, 1);";
+    let delete = Command::Changeset {
+        base: 2,
+        read_tables: vec![],
+        changeset: changeset_on(
+            &format!("{schema}{rows}"),
+            "DELETE FROM parent WHERE id = 1",
+        ),
+    };
+    let results = sm
+        .apply(vec![
+            entry(1, sql(schema)),
+            entry(2, sql(rows)),
+            entry(3, delete),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(results[2], CommandResult::Applied { .. }),
+        "{results:?}"
+    );
+    let left: Vec<(i64, i64)> = pairs(
+        dir.path(),
+        "SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM child)",
+    );
+    assert_eq!(left, [(0, 0)]);
+}
+
+#[tokio::test]
+async fn triggers_do_not_run_again_when_a_changeset_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let schema = "CREATE TABLE kv (k TEXT PRIMARY KEY NOT NULL, v TEXT NOT NULL);
+                  CREATE TABLE audit (k TEXT PRIMARY KEY NOT NULL, times INTEGER NOT NULL);
+                  CREATE TRIGGER audited AFTER INSERT ON kv
+                  BEGIN INSERT INTO audit VALUES (NEW.k, 1)
+                        ON CONFLICT (k) DO UPDATE SET times = times + 1; END;";
+    // The changeset holds the trigger's row too.
+    let insert = Command::Changeset {
+        base: 1,
+        read_tables: vec![],
+        changeset: changeset_on(schema, "INSERT INTO kv VALUES ('a', '1')"),
+    };
+    let results = sm
+        .apply(vec![
+            entry(1, sql(schema)),
+            entry(2, insert),
+            // SQL text runs triggers, as anywhere else.
+            entry(3, sql("INSERT INTO kv VALUES ('b', '2')")),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, CommandResult::Applied { .. })),
+        "{results:?}"
+    );
+    let audit: Vec<(String, i64)> = pairs(dir.path(), "SELECT k, times FROM audit ORDER BY k");
+    assert_eq!(audit, [("a".to_string(), 1), ("b".to_string(), 1)]);
 }
