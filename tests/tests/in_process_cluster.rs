@@ -267,3 +267,56 @@ fn transactions_need_a_running_daemon_in_this_process() {
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert_eq!(err.message(), "The daemon is not running in this process");
 }
+
+#[test]
+fn a_slow_read_only_transaction_does_not_hold_up_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = Member::start(&dir.path().join("c1"));
+    let address = free_address();
+    member
+        .run(move |app| {
+            Box::pin(async move { app.new_cluster("c1", &address, BTreeMap::new()).await })
+        })
+        .unwrap();
+    let wait = Duration::from_secs(60);
+
+    // A reader that holds its transaction open until told to finish.
+    let (reading, read_started) = std::sync::mpsc::channel();
+    let (finish, told_to_finish) = std::sync::mpsc::channel::<()>();
+    let app = member.app.clone();
+    let reader = std::thread::spawn(move || {
+        runtime::block_on(async move {
+            app.transaction_with(ReadMode::Local, wait * 2, move |tx| {
+                let seen = counter(tx, "hits")?;
+                let _ = reading.send(seen);
+                let _ = told_to_finish.recv_timeout(wait);
+                Ok(seen)
+            })
+            .await
+        })
+    });
+    assert_eq!(read_started.recv_timeout(wait).unwrap(), 0);
+
+    // Writes commit (and are applied, on this member too) while the reader is still open.
+    let (written, write_done) = std::sync::mpsc::channel();
+    let app = member.app.clone();
+    std::thread::spawn(move || {
+        let result = runtime::block_on(async move {
+            app.transaction(|tx| {
+                let next = counter(tx, "hits")? + 1;
+                tx.execute(
+                    "INSERT OR REPLACE INTO counters (name, value) VALUES ('hits', ?1)",
+                    [next],
+                )?;
+                Ok(next)
+            })
+            .await
+        });
+        let _ = written.send(result);
+    });
+    let write = write_done.recv_timeout(wait);
+    finish.send(()).unwrap();
+    assert_eq!(write.expect("the write waited for the reader").unwrap(), 1);
+    // The reader kept the snapshot it started with.
+    assert_eq!(reader.join().unwrap().unwrap(), 0);
+}

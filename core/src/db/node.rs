@@ -16,7 +16,7 @@ use rusqlite::Connection;
 use super::proposer::Proposer;
 use super::raft::log_store::LogStore;
 use super::raft::network::{self, Network, PeerCredentials, RpcReply};
-use super::raft::state_machine::{self, StateMachine};
+use super::raft::state_machine::{self, StateMachine, WriteGate};
 use super::raft::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 use crate::client::Client;
 use crate::{Error, ErrorKind, Result};
@@ -398,22 +398,20 @@ impl Database {
     }
 
     /// Runs `f` on a pooled connection to the local state machine database, on a blocking
-    /// thread and in the turn of the write gate (SQLite never runs on the async executor, and
-    /// writers of the database take turns). Connections are reopened after a snapshot
+    /// thread (SQLite never runs on the async executor). `f` gets the write gate and must take
+    /// its turn before it writes ([`WriteGate`]). Connections are reopened after a snapshot
     /// replaced the database file.
     pub(crate) async fn on_connection<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> T + Send + 'static,
+        F: FnOnce(&mut Connection, &WriteGate) -> T + Send + 'static,
     {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut entry = db.take_connection()?;
             let gate = db.state_machine.write_gate();
-            let done = {
-                let _turn = gate.enter();
-                f(&mut entry.1)
-            };
+            let _file = gate.share_file();
+            let mut entry = db.take_connection()?;
+            let done = f(&mut entry.1, &gate);
             db.return_connection(entry);
             Ok(done)
         })
@@ -422,7 +420,7 @@ impl Database {
     }
 
     fn take_connection(&self) -> Result<(u64, Connection)> {
-        let generation = self.state_machine.generation();
+        let generation = self.state_machine.write_gate().generation();
         let pooled = {
             let mut pool = self
                 .pool
@@ -444,7 +442,9 @@ impl Database {
             .pool
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if entry.0 == self.state_machine.generation() && pool.len() < MAX_POOLED_CONNECTIONS {
+        if entry.0 == self.state_machine.write_gate().generation()
+            && pool.len() < MAX_POOLED_CONNECTIONS
+        {
             pool.push(entry);
         }
     }

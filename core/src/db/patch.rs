@@ -97,9 +97,12 @@ impl Database {
             let read_index = self.read_index(deadline).await?;
             self.wait_applied(read_index, deadline).await?;
             let checked = statements.clone();
-            self.on_connection(move |conn| dry_run(conn, &checked))
-                .await?
-                .map_err(|message| failed(&message))?;
+            self.on_connection(move |conn, gate| {
+                let _turn = gate.turn();
+                dry_run(conn, &checked)
+            })
+            .await?
+            .map_err(|message| failed(&message))?;
             for part in parts(statements) {
                 self.apply_patch_part(part, deadline)
                     .await

@@ -144,7 +144,7 @@ fn dry_run(conn: &Connection, updates: &[Pending<'_>]) -> Result<()> {
 impl Database {
     /// The schema versions of the local state machine.
     pub async fn schema_versions(self: &Arc<Self>) -> Result<(u64, u64)> {
-        self.on_connection(|conn| versions(conn)).await?
+        self.on_connection(|conn, _| versions(conn)).await?
     }
 
     /// Applies the missing internal and external updates in one replicated entry; all or
@@ -158,7 +158,8 @@ impl Database {
         self.wait_applied(read_index, deadline).await?;
         let updates_text = external.to_vec();
         let prepared = self
-            .on_connection(move |conn| -> Result<Option<String>> {
+            .on_connection(move |conn, gate| -> Result<Option<String>> {
+                let _turn = gate.turn();
                 let updates = pending(versions(conn)?, &updates_text)?;
                 if updates.is_empty() {
                     return Ok(None);

@@ -20,7 +20,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, Params};
 
 use super::node::Database;
-use super::raft::state_machine::{self, INTERNAL_TABLE_PREFIX};
+use super::raft::state_machine::{self, INTERNAL_TABLE_PREFIX, Turn, WriteGate};
 use super::raft::{Command, CommandResult};
 use super::sql_text;
 use crate::{Error, ErrorKind, Result};
@@ -128,17 +128,45 @@ struct Run<T> {
     changeset: Vec<u8>,
 }
 
-/// What the authorizer saw during one run.
-#[derive(Default)]
+/// What the authorizer saw during one run, and the write turn it took.
 struct Observed {
     read_tables: Mutex<BTreeSet<String>>,
     refused: Mutex<Option<&'static str>>,
     /// Set once the closure has returned: the session extension's own queries (it reads the
     /// changed rows to build the changeset) are not reads of the transaction.
     closure_done: AtomicBool,
+    gate: WriteGate,
+    /// The run's write turn, once it has one: taken before its first write, given back after
+    /// its `ROLLBACK`.
+    turn: Mutex<Option<Turn>>,
 }
 
 impl Observed {
+    /// What a run sees; with `turn`, it writes from the start.
+    fn new(gate: &WriteGate, turn: Option<Turn>) -> Observed {
+        Observed {
+            read_tables: Mutex::default(),
+            refused: Mutex::default(),
+            closure_done: AtomicBool::new(false),
+            gate: gate.clone(),
+            turn: Mutex::new(turn),
+        }
+    }
+
+    /// Waits for the write turn, unless the run has it already. A statement that writes asks
+    /// the authorizer when it is prepared, so before it writes.
+    fn take_turn(&self) {
+        let mut turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
+        if turn.is_none() {
+            *turn = Some(self.gate.turn());
+        }
+    }
+
+    /// Gives the write turn back, if the run took it.
+    fn give_turn_back(&self) {
+        drop(self.turn.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+
     fn refuse(&self, why: &'static str) -> Authorization {
         *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
         Authorization::Deny
@@ -168,10 +196,11 @@ impl Observed {
             {
                 self.refuse("The library's internal tables cannot be written")
             }
+            AuthAction::Insert { .. } | AuthAction::Delete { .. } | AuthAction::Update { .. } => {
+                self.take_turn();
+                Authorization::Allow
+            }
             AuthAction::Select
-            | AuthAction::Insert { .. }
-            | AuthAction::Delete { .. }
-            | AuthAction::Update { .. }
             | AuthAction::Function { .. }
             | AuthAction::Recursive
             | AuthAction::Savepoint { .. } => Authorization::Allow,
@@ -196,35 +225,43 @@ impl Observed {
     }
 }
 
-/// Runs `f` once on `conn` inside `BEGIN … ROLLBACK` and captures what it did. `immediate`
-/// takes the write lock at `BEGIN` (used after an optimistic run lost a race for it).
-fn run_once<T, F>(conn: &mut Connection, f: &mut F, immediate: bool) -> Result<Run<T>>
+/// Runs `f` once on `conn` inside `BEGIN … ROLLBACK` and captures what it did. The run takes
+/// its write turn at its first write, or with `immediate` from the start, together with
+/// SQLite's write lock (used after an optimistic run lost the race for it).
+fn run_once<T, F>(
+    conn: &mut Connection,
+    gate: &WriteGate,
+    f: &mut F,
+    immediate: bool,
+) -> Result<Run<T>>
 where
     F: FnMut(&mut Tx<'_>) -> Result<T>,
 {
     let internal = |err: rusqlite::Error| Error::internal(format!("Transaction failed: {err}"));
+    let observed = Arc::new(Observed::new(gate, immediate.then(|| gate.turn())));
     conn.execute_batch(if immediate {
         "BEGIN IMMEDIATE"
     } else {
         "BEGIN"
     })
     .map_err(internal)?;
-    let run = capture(conn, f);
+    let run = capture(conn, &observed, f);
     let cleared = conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
     let rolled_back = conn.execute_batch("ROLLBACK");
+    // Here, not when `observed` is dropped: the authorizer may still hold it if clearing it
+    // failed.
+    observed.give_turn_back();
     let run = run?;
     cleared.map_err(internal)?;
     rolled_back.map_err(internal)?;
     Ok(run)
 }
 
-fn capture<T, F>(conn: &mut Connection, f: &mut F) -> Result<Run<T>>
+fn capture<T, F>(conn: &mut Connection, observed: &Arc<Observed>, f: &mut F) -> Result<Run<T>>
 where
     F: FnMut(&mut Tx<'_>) -> Result<T>,
 {
     let internal = |err: rusqlite::Error| Error::internal(format!("Transaction failed: {err}"));
-    let base = state_machine::applied_index(conn)?;
-    let observed = Arc::new(Observed::default());
     let authorizer = observed.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| authorizer.authorize(ctx)))
         .map_err(internal)?;
@@ -233,6 +270,10 @@ where
     session.attach::<&str>(None).map_err(internal)?;
     let mut result = f(&mut Tx { conn });
     observed.closure_done.store(true, Ordering::SeqCst);
+    // Read after the closure, in the snapshot its first statement began: read before, it would
+    // begin the snapshot itself, which a write would then more often find outdated by the time
+    // it gets its turn (the apply commits meanwhile).
+    let base = state_machine::applied_index(conn)?;
     let mut changeset = Vec::new();
     session.changeset_strm(&mut changeset).map_err(internal)?;
     drop(session);
@@ -287,8 +328,8 @@ impl Database {
                 ));
             }
             let (returned_f, run) = self
-                .on_connection(move |conn| {
-                    let run = run_once(conn, &mut f, immediate);
+                .on_connection(move |conn, gate| {
+                    let run = run_once(conn, gate, &mut f, immediate);
                     (f, run)
                 })
                 .await?;

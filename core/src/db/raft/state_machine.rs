@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, LogId, StorageIOError, StoredMembership};
@@ -211,7 +211,7 @@ impl Db {
 
     /// Applies a batch in one transaction; each entry in its own savepoint.
     fn apply(&mut self, entries: Vec<openraft::Entry<TypeConfig>>) -> Res<Vec<CommandResult>> {
-        let _gate = self.gate.enter();
+        let _turn = self.gate.turn();
         // IMMEDIATE: take the write lock before reading, so a transaction's connection that
         // wrote in between can only make us wait, never fail (a deferred transaction would get
         // SQLITE_BUSY_SNAPSHOT, which stops the Raft node).
@@ -312,7 +312,9 @@ impl Db {
     /// Installs the snapshot written to [`RECEIVED_FILE`], after checking that it holds the
     /// state `meta` announces: it becomes the current snapshot, and a copy of it the database.
     fn install_snapshot(&mut self, meta: &Meta) -> Res<()> {
-        let _gate = self.gate.enter();
+        let gate = self.gate.clone();
+        let _file = gate.replace_file();
+        let _turn = gate.turn();
         let received = self.dir.join(RECEIVED_FILE);
         let found = snapshot_meta(&received, WRITE_SNAPSHOT)?;
         if found.last_log_id != meta.last_log_id {
@@ -562,18 +564,73 @@ fn conflict_name(kind: ConflictType) -> String {
     }
 }
 
-/// Serialises the writers of the state machine database inside this process: the apply
-/// thread and transaction closures take turns, waiting on a mutex rather than polling
-/// SQLite's lock with sleeps.
+/// Coordinates the users of the state machine database inside this process.
+///
+/// - Writers take turns ([`WriteGate::turn`]): the apply thread, and transaction closures
+///   from their first write on. They wait on each other here rather than polling SQLite's lock
+///   with sleeps. Closures that only read never take a turn, so they never hold up the apply
+///   (SQLite's WAL lets them read while it commits).
+/// - Connections other than the apply thread's share the database file
+///   ([`WriteGate::share_file`]): installing a snapshot, which replaces the file, waits until
+///   none is in use.
 #[derive(Clone, Default)]
-pub struct WriteGate(Arc<Mutex<()>>);
+pub struct WriteGate(Arc<Gate>);
+
+#[derive(Default)]
+struct Gate {
+    /// Whether a writer has the turn.
+    taken: Mutex<bool>,
+    /// Signalled when the turn is given back.
+    given_back: Condvar,
+    file: RwLock<()>,
+    /// Bumped each time the database file is replaced: connections opened before point at
+    /// the old file.
+    generation: AtomicU64,
+}
+
+/// A writer's turn; it ends when this is dropped.
+pub struct Turn(WriteGate);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let gate = &self.0.0;
+        *gate.taken.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        gate.given_back.notify_one();
+    }
+}
 
 impl WriteGate {
-    /// Waits for the turn to write; the turn ends when the guard is dropped.
-    pub fn enter(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Waits for the turn to write.
+    pub fn turn(&self) -> Turn {
+        let gate = &self.0;
+        let mut taken = gate.taken.lock().unwrap_or_else(|p| p.into_inner());
+        while *taken {
+            taken = gate
+                .given_back
+                .wait(taken)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        *taken = true;
+        Turn(self.clone())
+    }
+
+    /// Uses the database file alongside other connections until the guard is dropped.
+    pub fn share_file(&self) -> RwLockReadGuard<'_, ()> {
+        self.0.file.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until no other connection uses the database file, and keeps it so until the
+    /// guard is dropped. Connections opened before are outdated from now on, whether the
+    /// file is then replaced or not.
+    fn replace_file(&self) -> RwLockWriteGuard<'_, ()> {
+        let guard = self.0.file.write().unwrap_or_else(|p| p.into_inner());
+        self.0.generation.fetch_add(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// The number of times the database file was replaced since it was opened.
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::SeqCst)
     }
 }
 
@@ -583,9 +640,6 @@ pub struct StateMachine {
     db: Worker<Db>,
     dir: PathBuf,
     gate: WriteGate,
-    /// Bumped each time a snapshot replaces the database file: connections opened before
-    /// point at the old file.
-    generation: Arc<AtomicU64>,
 }
 
 impl StateMachine {
@@ -601,18 +655,12 @@ impl StateMachine {
             db,
             dir: dir.to_path_buf(),
             gate,
-            generation: Arc::default(),
         })
     }
 
-    /// The gate writers of the database pass (see [`WriteGate`]).
+    /// The gate users of the database pass (see [`WriteGate`]).
     pub fn write_gate(&self) -> WriteGate {
         self.gate.clone()
-    }
-
-    /// The number of snapshots installed since the database was opened.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
     }
 
     /// The current snapshot, opened for reading; with `build`, a new one is made first, in the
@@ -700,12 +748,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::warn!("Failed to remove {receiving:?}: {err}");
         }
         let meta = meta.clone();
-        let installed = self
-            .db
+        self.db
             .call(WRITE_SNAPSHOT, move |db| db.install_snapshot(&meta))
-            .await;
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        installed
+            .await
     }
 
     async fn get_current_snapshot(&mut self) -> Res<Option<Snapshot<TypeConfig>>> {
