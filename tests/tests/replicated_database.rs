@@ -291,3 +291,42 @@ fn quorum_loss_makes_writes_unavailable_until_quorum_returns() {
     assert_eq!(cluster.dump(0), cluster.dump(1));
     assert_eq!(cluster.dump(0), cluster.dump(2));
 }
+
+#[test]
+fn large_changes_are_refused_clearly_or_reach_a_member_that_lagged() {
+    let mut cluster = Cluster::start(3, &[]);
+    cluster
+        .sql(0, "CREATE TABLE blobs (id INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+
+    // Too large for one transaction (and for one Raft request body): a clear error, nothing
+    // written, and the cluster goes on.
+    let err = cluster
+        .sql(
+            0,
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9)
+             INSERT INTO blobs (v) SELECT randomblob(1000000) FROM n",
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge, "{err}");
+    assert!(err.message().contains("at most 4194304 bytes"), "{err}");
+    assert_eq!(count(&cluster, 0, "blobs"), 0);
+
+    // A member stopped while 3 MB changes were written is missing more entries than one
+    // request body holds.
+    let leader = cluster.leader().expect("a leader");
+    let lagging = (0..3).find(|&i| i != leader).unwrap();
+    cluster.stop(lagging);
+    for _ in 0..8 {
+        cluster
+            .sql(leader, "INSERT INTO blobs (v) VALUES (randomblob(3000000))")
+            .unwrap();
+    }
+    cluster.restart(lagging);
+    assert_eq!(count(&cluster, lagging, "blobs"), 8);
+    let sizes = "SELECT sum(length(v)) FROM blobs";
+    assert_eq!(
+        cluster.select(lagging, sizes),
+        cluster.select(leader, sizes)
+    );
+}

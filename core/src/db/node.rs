@@ -13,7 +13,7 @@ use openraft::error::RaftError;
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use rusqlite::Connection;
 
-use super::proposer::Proposer;
+use super::proposer::{self, Proposer};
 use super::raft::log_store::LogStore;
 use super::raft::network::{self, Network, PeerCredentials, RpcReply};
 use super::raft::state_machine::{self, StateMachine, WriteGate};
@@ -230,6 +230,7 @@ impl Database {
         command: Command,
         deadline: Instant,
     ) -> Result<(u64, CommandResult)> {
+        proposer::check_command_size(&command)?;
         let body = Bytes::from(network::encode(&command)?);
         self.on_leader(
             deadline,

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::node::RaftSettings;
 use super::raft::{Command, CommandResult, TypeConfig};
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// How often a leader waiting for a quorum checks that it still has one.
 const QUORUM_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -23,6 +23,27 @@ const QUORUM_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// The most commands, and about the most bytes of changesets, in one batch.
 const MAX_BATCH_COMMANDS: usize = 1024;
 const MAX_BATCH_BYTES: usize = 2 << 20;
+
+/// The most bytes of changeset or SQL text one command may carry. A batch is then at most
+/// [`MAX_BATCH_BYTES`] plus one command, so every entry fits in one Raft request body and can
+/// be replicated.
+pub(crate) const MAX_COMMAND_BYTES: usize = 4 << 20;
+const _: () =
+    assert!(MAX_BATCH_BYTES + MAX_COMMAND_BYTES < crate::rest::server::MAX_BODY_BYTES / 8 * 7);
+
+/// Refuses a command too large to be replicated (see [`MAX_COMMAND_BYTES`]).
+pub(crate) fn check_command_size(command: &Command) -> Result<()> {
+    let size = command_size(command);
+    if size > MAX_COMMAND_BYTES {
+        return Err(Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "The change is {size} bytes; one transaction or statement may change at most {MAX_COMMAND_BYTES} bytes"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// How long one batch may take to commit before its proposers are told it timed out.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,6 +79,7 @@ impl Proposer {
 
     /// Proposes `command`, waiting at most `timeout` for its result.
     pub async fn propose(&self, command: Command, timeout: Duration) -> Proposed {
+        check_command_size(&command)?;
         self.quorum.check_lease()?;
         let (reply, answer) = oneshot::channel();
         self.queue

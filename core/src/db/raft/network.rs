@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::LogId;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::{MemberNode, NodeId, TypeConfig};
 use crate::certs::CertKeyPair;
 use crate::client::Client;
+use crate::rest::server::MAX_BODY_BYTES;
 use crate::{Error, ErrorKind, Result};
 
 /// Path of the append-entries (and heartbeat) RPC.
@@ -199,13 +201,56 @@ impl PeerConnection {
     }
 }
 
+/// The most bytes of entries one append-entries request carries: the rest of the request is a
+/// few bytes, and every member refuses bodies over [`MAX_BODY_BYTES`].
+const APPEND_ENTRIES_BYTES: usize = MAX_BODY_BYTES - (64 << 10);
+
+/// Cuts `rpc` to the entries that fit in one request body ([`APPEND_ENTRIES_BYTES`], but at
+/// least one entry), and returns it with the log id of its last entry if entries were left
+/// out. A member that lagged behind would otherwise be sent hundreds of entries at once
+/// (openraft limits their number, not their size), a body every member refuses, again and
+/// again.
+fn cut_to_body_limit(
+    mut rpc: AppendEntriesRequest<TypeConfig>,
+) -> (AppendEntriesRequest<TypeConfig>, Option<LogId<NodeId>>) {
+    let mut bytes = 0;
+    let fitting = rpc
+        .entries
+        .iter()
+        .take_while(|entry| {
+            bytes += postcard::experimental::serialized_size(entry).unwrap_or(usize::MAX);
+            bytes <= APPEND_ENTRIES_BYTES
+        })
+        .count()
+        .max(1);
+    if fitting >= rpc.entries.len() {
+        return (rpc, None);
+    }
+    rpc.entries.truncate(fitting);
+    let last = rpc.entries.last().map(|entry| entry.log_id);
+    // Entries of the leader's log up to its commit index are committed, so the last one sent is
+    // if the commit index is beyond it.
+    if rpc.leader_commit.map(|id| id.index) > last.map(|id| id.index) {
+        rpc.leader_commit = last;
+    }
+    (rpc, last)
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(APPEND_PATH, &rpc, option.hard_ttl()).await
+        let (rpc, cut_after) = cut_to_body_limit(rpc);
+        let response = self.call(APPEND_PATH, &rpc, option.hard_ttl()).await?;
+        // openraft sends the rest next, from the entry after the last one that arrived.
+        Ok(match (response, cut_after) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (response, _) => response,
+        })
     }
 
     async fn install_snapshot(
@@ -222,5 +267,55 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call(VOTE_PATH, &rpc, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, Vote};
+
+    use super::*;
+    use crate::db::raft::Command;
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// A request carrying entries 1..=count of `bytes` of SQL each, committed up to `commit`.
+    fn request(count: u64, bytes: usize, commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(log_id(0)),
+            leader_commit: Some(log_id(commit)),
+            entries: (1..=count)
+                .map(|index| Entry {
+                    log_id: log_id(index),
+                    payload: EntryPayload::Normal(Command::Sql {
+                        sql: "x".repeat(bytes),
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn append_requests_are_cut_to_what_a_member_accepts() {
+        // Small requests go as they are.
+        let (rpc, cut_after) = cut_to_body_limit(request(300, 1000, 300));
+        assert_eq!((rpc.entries.len(), cut_after), (300, None));
+
+        // Four entries of 3 MiB: two fit, and the commit index sent is not beyond them.
+        let (rpc, cut_after) = cut_to_body_limit(request(4, 3 << 20, 4));
+        assert_eq!(rpc.entries.len(), 2);
+        assert_eq!(cut_after, Some(log_id(2)));
+        assert_eq!(rpc.leader_commit, Some(log_id(2)));
+        assert!(encode(&rpc).unwrap().len() <= MAX_BODY_BYTES);
+        // A commit index below the cut is kept.
+        let (rpc, _) = cut_to_body_limit(request(4, 3 << 20, 1));
+        assert_eq!(rpc.leader_commit, Some(log_id(1)));
+
+        // One entry always goes, however large.
+        let (rpc, cut_after) = cut_to_body_limit(request(2, 9 << 20, 0));
+        assert_eq!((rpc.entries.len(), cut_after), (1, Some(log_id(1))));
     }
 }
