@@ -207,7 +207,23 @@ pub fn dns_names(der: &[u8]) -> Result<Vec<String>> {
 
 /// Whether now is within the validity period of a DER certificate (false if it does not parse).
 pub fn is_valid_now(der: &[u8]) -> bool {
-    parse_der(der).is_ok_and(|cert| cert.validity().is_valid())
+    validity(der).is_some_and(is_now_within)
+}
+
+/// The validity period of a DER certificate, as Unix times (inclusive), if it parses.
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let cert = parse_der(der).ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// Whether now is within `validity` (see [`validity`]).
+pub fn is_now_within((not_before, not_after): (i64, i64)) -> bool {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    not_before <= now && now <= not_after
 }
 
 /// Writes a keypair atomically: the certificate with mode 0644, the key with mode 0600.
@@ -315,6 +331,16 @@ mod tests {
         assert!((validity.not_after.timestamp() - ten_years).abs() < 86_400);
         assert!(is_valid_now(&der));
         assert!(!is_valid_now(b"garbage"));
+        assert_eq!(
+            super::validity(&der),
+            Some((
+                validity.not_before.timestamp(),
+                validity.not_after.timestamp()
+            ))
+        );
+        assert!(is_now_within((now - 10, now + 10)));
+        assert!(!is_now_within((now - 100, now - 10)));
+        assert!(!is_now_within((now + 10, now + 100)));
 
         let org: Vec<_> = cert
             .subject()

@@ -26,7 +26,7 @@ use crate::rest::access::Origin;
 use crate::rest::envelope::Response;
 use crate::rest::router::{self, Endpoint, Router, Served};
 use crate::rest::websocket;
-use crate::{Error, Result, certs, validate};
+use crate::{Error, Result, validate};
 
 /// The WebSocket library the connections of [`Reply::WebSocket`] come from.
 pub use tokio_tungstenite::tungstenite;
@@ -428,7 +428,7 @@ fn endpoint_request(daemon: &crate::daemon::Daemon, request: router::Request) ->
         } => {
             let fingerprint = client_certificate
                 .as_ref()
-                .map(|certificate| certs::fingerprint(certificate));
+                .map(|certificate| certificate.fingerprint.clone());
             let member = fingerprint
                 .as_ref()
                 .filter(|_| request.trusted)

@@ -4,7 +4,7 @@
 //! listener with a `Host` header equal to this member's address and a TLS client certificate
 //! that is in the truststore and within its validity. Nothing else makes a request trusted.
 
-use rustls::pki_types::CertificateDer;
+use std::sync::Arc;
 
 use crate::certs;
 use crate::trust::Truststore;
@@ -16,11 +16,36 @@ pub(crate) enum Origin {
     ControlSocket,
     /// A network listener, with the client certificate presented during the TLS handshake.
     Network {
-        client_certificate: Option<CertificateDer<'static>>,
+        client_certificate: Option<Arc<PeerCertificate>>,
         /// The address of the dedicated extension listener the request came in on; `None` on
         /// the core listener (whose address is the member's).
         listener_address: Option<String>,
     },
+}
+
+/// A client certificate presented in a TLS handshake, with what the trust check of every
+/// request on the connection needs, worked out once (parsing and hashing the certificate for
+/// every Raft message cost about 1.5 % of the CPU).
+#[derive(Debug)]
+pub(crate) struct PeerCertificate {
+    /// The certificate's fingerprint, as the truststore indexes it.
+    pub fingerprint: String,
+    /// Its validity period, or `None` if it does not parse.
+    validity: Option<(i64, i64)>,
+}
+
+impl PeerCertificate {
+    /// Reads a DER certificate.
+    pub fn new(der: &[u8]) -> PeerCertificate {
+        PeerCertificate {
+            fingerprint: certs::fingerprint(der),
+            validity: certs::validity(der),
+        }
+    }
+
+    fn is_valid_now(&self) -> bool {
+        self.validity.is_some_and(certs::is_now_within)
+    }
 }
 
 impl Origin {
@@ -55,8 +80,8 @@ pub(crate) fn is_trusted(
         return false;
     };
     host == address
-        && certs::is_valid_now(certificate)
+        && certificate.is_valid_now()
         && truststore
-            .by_fingerprint(&certs::fingerprint(certificate))
+            .by_fingerprint(&certificate.fingerprint)
             .is_some()
 }

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::access::{self, Origin};
+use super::access::{self, Origin, PeerCertificate};
 use super::envelope::{self, Response, ResponseBody};
 use super::proxy;
 use super::router::{Request, Router, UpgradeSlot};
@@ -113,7 +113,7 @@ pub(crate) async fn serve_network(
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .map(|certificate| certificate.clone().into_owned());
+                .map(|certificate| Arc::new(PeerCertificate::new(certificate)));
             serve_connection(
                 &daemon,
                 &router,

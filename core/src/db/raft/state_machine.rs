@@ -582,6 +582,7 @@ struct Gate {
     taken: Mutex<bool>,
     /// Signalled when the turn is given back.
     given_back: Condvar,
+    /// Shared by the connections in use, held alone while a snapshot replaces the file.
     file: RwLock<()>,
     /// Bumped each time the database file is replaced: connections opened before point at
     /// the old file.

@@ -47,7 +47,7 @@ async fn delete_member(daemon: Arc<Daemon>, request: Request) -> Result<Response
         Origin::Network {
             client_certificate: Some(certificate),
             ..
-        } => Some(crate::certs::fingerprint(certificate)),
+        } => Some(certificate.fingerprint.clone()),
         _ => None,
     };
     let removal = Removal {
