@@ -287,14 +287,16 @@ impl Daemon {
     /// Logs each change of this member's Raft role, so operators (and tests) can see who
     /// leads.
     fn spawn_leadership_log(&self, database: &Database) {
-        let mut metrics = database.raft().metrics();
+        // The server metrics change only with the vote, the role, the leader or the
+        // membership; the full metrics change with every write.
+        let mut metrics = database.raft().server_metrics();
         let stop = self.member_token();
         self.track_member(tokio::spawn(async move {
             let mut last = None;
             loop {
                 let (state, term) = {
                     let current = metrics.borrow_and_update();
-                    (current.state, current.current_term)
+                    (current.state, current.vote.leader_id.term)
                 };
                 if last != Some(state) {
                     tracing::info!("Raft: this member is now {state:?} (term {term})");

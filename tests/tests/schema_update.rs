@@ -32,13 +32,17 @@ fn a_member_behind_the_cluster_runs_schema_update() {
 
     // The follower among c2 and c3 gets heartbeats and runs the script once (the leader runs
     // the rounds and gets none).
+    // The shell creates the file before it writes to it: wait for what it wrote.
     let deadline = Instant::now() + Duration::from_secs(90);
-    while !marker.exists() {
+    let ran = loop {
+        let ran = std::fs::read_to_string(&marker).unwrap_or_default();
+        if !ran.is_empty() {
+            break ran;
+        }
         assert!(Instant::now() < deadline, "$SCHEMA_UPDATE did not run");
         std::thread::sleep(Duration::from_millis(200));
-    }
+    };
     // Once, by one member, which logged why.
-    let ran = std::fs::read_to_string(&marker).unwrap();
     assert_eq!(ran, "ran\n");
     let why = "Schema versions (1, 2) differ from the cluster's (1, 3)";
     let logged: Vec<usize> = (1..3).filter(|&i| cluster.log(i).contains(why)).collect();
