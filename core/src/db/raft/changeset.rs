@@ -29,8 +29,8 @@
 //! also changes them. The fast road hands deletes and updates of a table that foreign key
 //! actions refer to over to `sqlite3changeset_apply_v2`, whose `FKNOACTION` flag does this.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::{CStr, c_int, c_void};
 use std::io::Read;
 
@@ -187,6 +187,21 @@ impl ChangesetApplier {
         }
         Ok(Step::Done)
     }
+}
+
+/// The tables `changeset` changes.
+pub(super) fn tables(changeset: &[u8]) -> rusqlite::Result<BTreeSet<String>> {
+    let mut input = changeset;
+    let reader: &mut dyn Read = &mut input;
+    let mut changes = ChangesetIter::start_strm(&reader)?;
+    let mut tables = BTreeSet::new();
+    while let Some(change) = changes.next()? {
+        let op = change.op()?;
+        if !tables.contains(op.table_name()) {
+            tables.insert(op.table_name().to_string());
+        }
+    }
+    Ok(tables)
 }
 
 /// Applies `changeset` with `sqlite3changeset_apply_v2`, aborting at the first conflict, with

@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, LogId, StorageIOError, StoredMembership};
-use rusqlite::hooks::{Action, AuthAction, AuthContext, Authorization, PreUpdateCase};
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::session::ConflictType;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -61,27 +61,6 @@ const SNAPSHOT_FILE: &str = "snapshots/current.db";
 const RECEIVING_FILE: &str = "snapshots/incoming.db";
 const RECEIVED_FILE: &str = "snapshots/received.db";
 
-/// Tables changed by the entry being applied, filled by the connection's pre-update hook.
-type Written = Arc<Mutex<BTreeSet<String>>>;
-
-/// What the state machine connection's hooks share with the apply.
-#[derive(Clone, Default)]
-struct Hooks {
-    /// Filled by the pre-update hook.
-    written: Written,
-    /// Consulted by the authorizer.
-    settings: Arc<SettingsGuard>,
-}
-
-/// Empties `written`, returning what it held.
-fn take(written: &Written) -> BTreeSet<String> {
-    std::mem::take(
-        &mut *written
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()),
-    )
-}
-
 /// Waits for a lock held by a transaction's connection, however long: failing an apply would
 /// stop the Raft node.
 fn wait_for_lock(attempts: i32) -> bool {
@@ -95,7 +74,7 @@ fn wait_for_lock(attempts: i32) -> bool {
     true
 }
 
-fn open_connection(path: &Path, hooks: &Hooks) -> rusqlite::Result<Connection> {
+fn open_connection(path: &Path, settings: &Arc<SettingsGuard>) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
     conn.busy_handler(Some(wait_for_lock))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -106,23 +85,10 @@ fn open_connection(path: &Path, hooks: &Hooks) -> rusqlite::Result<Connection> {
     conn.execute_batch(SCHEMA)?;
     // The changeset applier keeps about four statements per table it writes.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-    let settings = hooks.settings.clone();
+    let settings = settings.clone();
     conn.authorizer(Some(move |context: AuthContext<'_>| {
         settings.authorize(context)
     }))?;
-    // The pre-update hook, not the update hook: SQLite does not call the update hook for
-    // changes to `WITHOUT ROWID` tables.
-    let written = hooks.written.clone();
-    conn.preupdate_hook(Some(
-        move |_: Action, _: &str, table: &str, _: &PreUpdateCase| {
-            if !table.starts_with(INTERNAL_TABLE_PREFIX) {
-                written
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .insert(table.to_string());
-            }
-        },
-    ))?;
     Ok(conn)
 }
 
@@ -190,7 +156,8 @@ fn sync_file_and_dir(path: &Path, kind: Kind) -> Res<()> {
 struct Db {
     dir: PathBuf,
     conn: Connection,
-    hooks: Hooks,
+    /// Consulted by the connection's authorizer.
+    settings: Arc<SettingsGuard>,
     gate: WriteGate,
     applier: ChangesetApplier,
 }
@@ -198,12 +165,12 @@ struct Db {
 impl Db {
     fn open(dir: &Path, gate: WriteGate) -> Res<Db> {
         std::fs::create_dir_all(dir.join("snapshots")).or_fail(WRITE_SM)?;
-        let hooks = Hooks::default();
-        let conn = open_connection(&dir.join(DB_FILE), &hooks).or_fail(WRITE_SM)?;
+        let settings = Arc::default();
+        let conn = open_connection(&dir.join(DB_FILE), &settings).or_fail(WRITE_SM)?;
         Ok(Db {
             dir: dir.to_path_buf(),
             conn,
-            hooks,
+            settings,
             gate,
             applier: ChangesetApplier::default(),
         })
@@ -236,7 +203,7 @@ impl Db {
                     let mut results = Vec::with_capacity(commands.len());
                     for command in &commands {
                         let result = Db::apply_recorded(
-                            &self.hooks,
+                            &self.settings,
                             &tx,
                             &mut self.applier,
                             &mut last_writes,
@@ -248,7 +215,7 @@ impl Db {
                     CommandResult::Batch { results }
                 }
                 EntryPayload::Normal(command) => Db::apply_recorded(
-                    &self.hooks,
+                    &self.settings,
                     &tx,
                     &mut self.applier,
                     &mut last_writes,
@@ -267,22 +234,26 @@ impl Db {
         Ok(results)
     }
 
-    /// Applies one command of entry `index` and records the tables it wrote at that index.
+    /// Applies one command of entry `index` and records the tables it wrote at that index:
+    /// those of an applied changeset (triggers and foreign key actions do not run while
+    /// changesets apply, so it changes nothing else), and for SQL text the schema marker,
+    /// which makes every transaction based before it conflict.
     fn apply_recorded(
-        hooks: &Hooks,
+        settings: &SettingsGuard,
         tx: &rusqlite::Transaction<'_>,
         applier: &mut ChangesetApplier,
         last_writes: &mut LastWrites,
         index: u64,
         command: &Command,
     ) -> Res<CommandResult> {
-        take(&hooks.written);
-        let result = apply_command(tx, applier, &hooks.settings, last_writes, index, command)?;
-        let mut written = take(&hooks.written);
-        if matches!(command, Command::Sql { .. }) {
-            written.insert(SCHEMA_MARKER.to_string());
-        }
+        let result = apply_command(tx, applier, settings, last_writes, index, command)?;
         if matches!(result, CommandResult::Applied { .. }) {
+            let written = match command {
+                Command::Changeset { changeset, .. } => {
+                    changeset::tables(changeset).or_fail(WRITE_SM)?
+                }
+                _ => BTreeSet::from([SCHEMA_MARKER.to_string()]),
+            };
             for table in written {
                 last_writes.record(table, index);
             }
@@ -342,7 +313,7 @@ impl Db {
         }
         std::fs::rename(&temp, &db_path).or_fail(WRITE_SNAPSHOT)?;
         sync_file_and_dir(&db_path, WRITE_SNAPSHOT)?;
-        self.conn = open_connection(&db_path, &self.hooks).or_fail(WRITE_SNAPSHOT)?;
+        self.conn = open_connection(&db_path, &self.settings).or_fail(WRITE_SNAPSHOT)?;
         self.applier = ChangesetApplier::default();
         Ok(())
     }

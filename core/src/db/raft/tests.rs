@@ -29,20 +29,37 @@ fn sql(text: &str) -> Command {
 
 const KV: &str = "CREATE TABLE kv (k TEXT PRIMARY KEY NOT NULL, v TEXT NOT NULL);";
 
-/// Runs `statements` on a scratch database holding `kv` as `rows`, and returns the changeset.
-fn changeset(rows: &[(&str, &str)], statements: &str) -> Vec<u8> {
+/// The changeset of `statements` run on a scratch database made with `schema`.
+fn changeset_on(schema: &str, statements: &str) -> Vec<u8> {
     let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch(KV).unwrap();
-    for (k, v) in rows {
-        conn.execute("INSERT INTO kv VALUES (?1, ?2)", [k, v])
-            .unwrap();
-    }
+    conn.execute_batch(schema).unwrap();
     let mut session = Session::new(&conn).unwrap();
     session.attach(None::<&str>).unwrap();
     conn.execute_batch(statements).unwrap();
     let mut out = Vec::new();
     session.changeset_strm(&mut out).unwrap();
     out
+}
+
+/// Runs `statements` on a scratch database holding `kv` as `rows`, and returns the changeset.
+fn changeset(rows: &[(&str, &str)], statements: &str) -> Vec<u8> {
+    let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    let inserts: String = rows
+        .iter()
+        .map(|(k, v)| format!("INSERT INTO kv VALUES ({}, {});", literal(k), literal(v)))
+        .collect();
+    changeset_on(&format!("{KV}{inserts}"), statements)
+}
+
+/// A state machine in a fresh temporary directory.
+fn open_state_machine() -> (tempfile::TempDir, StateMachine) {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = StateMachine::open(dir.path()).unwrap();
+    (dir, sm)
+}
+
+fn is_applied(result: &CommandResult) -> bool {
+    matches!(result, CommandResult::Applied { .. })
 }
 
 /// The two columns of the rows `query` selects from the state machine database in `dir`.
@@ -62,8 +79,7 @@ fn dump(dir: &std::path::Path) -> BTreeMap<String, String> {
 
 #[tokio::test]
 async fn changesets_apply_and_conflicts_are_deterministic_no_ops() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let (dir, mut sm) = open_state_machine();
     let results = sm
         .apply(vec![
             entry(1, sql(KV)),
@@ -78,12 +94,7 @@ async fn changesets_apply_and_conflicts_are_deterministic_no_ops() {
         ])
         .await
         .unwrap();
-    assert!(
-        results
-            .iter()
-            .all(|r| matches!(r, CommandResult::Applied { .. })),
-        "{results:?}"
-    );
+    assert!(results.iter().all(is_applied), "{results:?}");
 
     // A transaction that read kv at base 1 conflicts: kv was written at 2.
     let stale = Command::Changeset {
@@ -137,8 +148,7 @@ async fn changesets_apply_and_conflicts_are_deterministic_no_ops() {
 
 #[tokio::test]
 async fn applied_state_survives_reopen_and_snapshots_install_elsewhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let (dir, mut sm) = open_state_machine();
     let members = std::collections::BTreeMap::from([(
         1u64,
         MemberNode {
@@ -220,8 +230,7 @@ impl
 
 #[tokio::test]
 async fn a_batch_applies_each_command_on_its_own_and_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let (dir, mut sm) = open_state_machine();
     sm.apply(vec![entry(1, sql(KV))]).await.unwrap();
     let insert = |k: &str, read_tables: Vec<String>| Command::Changeset {
         base: 1,
@@ -243,10 +252,7 @@ async fn a_batch_applies_each_command_on_its_own_and_in_order() {
     let CommandResult::Batch { results } = &results[0] else {
         panic!("{results:?}");
     };
-    assert!(
-        matches!(results[0], CommandResult::Applied { .. }),
-        "{results:?}"
-    );
+    assert!(is_applied(&results[0]), "{results:?}");
     assert!(
         matches!(results[1], CommandResult::Conflict { .. }),
         "{results:?}"
@@ -255,10 +261,7 @@ async fn a_batch_applies_each_command_on_its_own_and_in_order() {
         matches!(results[2], CommandResult::Conflict { .. }),
         "{results:?}"
     );
-    assert!(
-        matches!(results[3], CommandResult::Applied { .. }),
-        "{results:?}"
-    );
+    assert!(is_applied(&results[3]), "{results:?}");
     assert!(
         matches!(results[4], CommandResult::Failed { .. }),
         "{results:?}"
@@ -277,8 +280,7 @@ fn failure(result: &CommandResult) -> &str {
 
 #[tokio::test]
 async fn sql_text_cannot_set_connection_settings_that_are_not_replicated() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let (dir, mut sm) = open_state_machine();
     let results = sm
         .apply(vec![
             entry(1, sql(KV)),
@@ -299,14 +301,8 @@ async fn sql_text_cannot_set_connection_settings_that_are_not_replicated() {
     // The statements before the refused one are undone with it.
     assert!(failure(&results[2]).contains("PRAGMA query_only cannot be set"));
     // Settings stored in the database file, and pragmas that only read, are allowed.
-    assert!(
-        matches!(results[3], CommandResult::Applied { .. }),
-        "{results:?}"
-    );
-    assert!(
-        matches!(results[4], CommandResult::Applied { .. }),
-        "{results:?}"
-    );
+    assert!(is_applied(&results[3]), "{results:?}");
+    assert!(is_applied(&results[4]), "{results:?}");
     assert_eq!(dump(dir.path()), BTreeMap::from([("b".into(), "2".into())]));
     let version: i64 = Connection::open(dir.path().join("db.sqlite3"))
         .unwrap()
@@ -317,8 +313,7 @@ async fn sql_text_cannot_set_connection_settings_that_are_not_replicated() {
 
 #[tokio::test]
 async fn deferred_foreign_keys_end_with_their_sql_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let (dir, mut sm) = open_state_machine();
     let schema = "CREATE TABLE parent (id INTEGER PRIMARY KEY);
                   CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parent(id));";
     // One batch: the entries share one SQLite transaction here, but not on a member that
@@ -346,17 +341,11 @@ async fn deferred_foreign_keys_end_with_their_sql_entry() {
         ])
         .await
         .unwrap();
-    assert!(
-        matches!(results[1], CommandResult::Applied { .. }),
-        "{results:?}"
-    );
+    assert!(is_applied(&results[1]), "{results:?}");
     assert!(failure(&results[2]).contains("FOREIGN KEY"), "{results:?}");
     // Dangling at the end of its own entry: failed, as a COMMIT would fail.
     assert_eq!(failure(&results[3]), "FOREIGN KEY constraint failed");
-    assert!(
-        matches!(results[4], CommandResult::Applied { .. }),
-        "{results:?}"
-    );
+    assert!(is_applied(&results[4]), "{results:?}");
     let children: Vec<(i64, i64)> = pairs(dir.path(), "SELECT id, parent FROM child ORDER BY id");
     assert_eq!(children, [(3, 97)]);
 }
@@ -366,22 +355,9 @@ fn openraft_storage_suite_passes() {
     openraft::testing::Suite::test_all(SuiteBuilder).unwrap();
 }
 
-/// The changeset of `statements` run on a scratch database made with `schema`.
-fn changeset_on(schema: &str, statements: &str) -> Vec<u8> {
-    let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch(schema).unwrap();
-    let mut session = Session::new(&conn).unwrap();
-    session.attach(None::<&str>).unwrap();
-    conn.execute_batch(statements).unwrap();
-    let mut out = Vec::new();
-    session.changeset_strm(&mut out).unwrap();
-    out
-}
-
 #[tokio::test]
 async fn writes_to_without_rowid_tables_make_stale_readers_conflict() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let (_dir, mut sm) = open_state_machine();
     let schema = "CREATE TABLE flags (name TEXT PRIMARY KEY, enabled INTEGER) WITHOUT ROWID;
                   CREATE TABLE kv (k TEXT PRIMARY KEY NOT NULL, v TEXT NOT NULL);";
     let flag_on = Command::Changeset {
@@ -404,10 +380,7 @@ async fn writes_to_without_rowid_tables_make_stale_readers_conflict() {
         ])
         .await
         .unwrap();
-    assert!(
-        matches!(results[1], CommandResult::Applied { .. }),
-        "{results:?}"
-    );
+    assert!(is_applied(&results[1]), "{results:?}");
     assert!(
         matches!(&results[2], CommandResult::Conflict { reason } if reason.contains("\"flags\"")),
         "{results:?}"
@@ -416,8 +389,7 @@ async fn writes_to_without_rowid_tables_make_stale_readers_conflict() {
 
 #[tokio::test]
 async fn a_delete_that_cascades_applies() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let (dir, mut sm) = open_state_machine();
     let schema = "CREATE TABLE parent (id INTEGER PRIMARY KEY);
                   CREATE TABLE child (id INTEGER PRIMARY KEY,
                                       parent INTEGER REFERENCES parent(id) ON DELETE CASCADE);";
@@ -438,10 +410,7 @@ async fn a_delete_that_cascades_applies() {
         ])
         .await
         .unwrap();
-    assert!(
-        matches!(results[2], CommandResult::Applied { .. }),
-        "{results:?}"
-    );
+    assert!(is_applied(&results[2]), "{results:?}");
     let left: Vec<(i64, i64)> = pairs(
         dir.path(),
         "SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM child)",
@@ -451,8 +420,7 @@ async fn a_delete_that_cascades_applies() {
 
 #[tokio::test]
 async fn triggers_do_not_run_again_when_a_changeset_applies() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let (dir, mut sm) = open_state_machine();
     let schema = "CREATE TABLE kv (k TEXT PRIMARY KEY NOT NULL, v TEXT NOT NULL);
                   CREATE TABLE audit (k TEXT PRIMARY KEY NOT NULL, times INTEGER NOT NULL);
                   CREATE TRIGGER audited AFTER INSERT ON kv
@@ -473,12 +441,7 @@ async fn triggers_do_not_run_again_when_a_changeset_applies() {
         ])
         .await
         .unwrap();
-    assert!(
-        results
-            .iter()
-            .all(|r| matches!(r, CommandResult::Applied { .. })),
-        "{results:?}"
-    );
+    assert!(results.iter().all(is_applied), "{results:?}");
     let audit: Vec<(String, i64)> = pairs(dir.path(), "SELECT k, times FROM audit ORDER BY k");
     assert_eq!(audit, [("a".to_string(), 1), ("b".to_string(), 1)]);
 }
