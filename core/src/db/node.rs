@@ -411,17 +411,20 @@ impl Database {
         tokio::task::spawn_blocking(move || {
             let gate = db.state_machine.write_gate();
             let _file = gate.share_file();
-            let mut entry = db.take_connection()?;
-            let done = f(&mut entry.1, &gate);
-            db.return_connection(entry);
+            // No snapshot replaces the file while it is shared, so the generation stays this
+            // one until the connection is back in the pool.
+            let generation = gate.generation();
+            let mut conn = db.take_connection(generation)?;
+            let done = f(&mut conn, &gate);
+            db.return_connection(generation, conn);
             Ok(done)
         })
         .await
         .map_err(|err| Error::internal(format!("A database job panicked: {err}")))?
     }
 
-    fn take_connection(&self) -> Result<(u64, Connection)> {
-        let generation = self.state_machine.write_gate().generation();
+    /// A pooled connection opened in `generation`, or a new one.
+    fn take_connection(&self, generation: u64) -> Result<Connection> {
         let pooled = {
             let mut pool = self
                 .pool
@@ -431,22 +434,19 @@ impl Database {
             pool.pop()
         };
         match pooled {
-            Some(entry) => Ok(entry),
+            Some((_, conn)) => Ok(conn),
             None => state_machine::open_reader(&self.dir)
-                .map(|conn| (generation, conn))
                 .map_err(|err| Error::internal(format!("Failed to open the database: {err}"))),
         }
     }
 
-    fn return_connection(&self, entry: (u64, Connection)) {
+    fn return_connection(&self, generation: u64, conn: Connection) {
         let mut pool = self
             .pool
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if entry.0 == self.state_machine.write_gate().generation()
-            && pool.len() < MAX_POOLED_CONNECTIONS
-        {
-            pool.push(entry);
+        if pool.len() < MAX_POOLED_CONNECTIONS {
+            pool.push((generation, conn));
         }
     }
 
