@@ -118,7 +118,7 @@ impl Database {
     ) -> Result<Database> {
         let config = Arc::new(settings.to_config()?);
         let log = LogStore::open(&dir.join("raft.db"))?;
-        let state_machine = StateMachine::open(dir)?;
+        let state_machine = StateMachine::open(dir)?.deferring_others_of(id);
         let network = Network::new(credentials);
         let raft = Raft::new(id, config, network.clone(), log, state_machine.clone())
             .await
@@ -258,20 +258,31 @@ impl Database {
         .await
     }
 
-    /// Waits until the local state machine has applied `index`.
+    /// Waits until the local database holds entry `index`.
     pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
         let timeout = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(timeout))
-            .applied_index_at_least(Some(index), "read index")
-            .await
-            .map(|_| ())
-            .map_err(|err| {
-                Error::new(
-                    ErrorKind::Timeout,
-                    format!("Timed out waiting for this member to apply entry {index}: {err}"),
-                )
-            })
+        if self.state_machine.wait_applied(index, timeout).await {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Timeout,
+            format!("Timed out after {timeout:?} waiting for this member to apply entry {index}"),
+        ))
+    }
+
+    /// Waits until the local database holds every entry this member knows to be committed,
+    /// including those applied in the background.
+    pub(crate) async fn catch_up(&self, deadline: Instant) -> Result<()> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if self.state_machine.catch_up(timeout).await {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "Timed out after {timeout:?} waiting for this member to apply the committed entries"
+            ),
+        ))
     }
 
     /// Runs `local` if this member is the leader, else sends `path` with `body` to the leader;

@@ -119,7 +119,8 @@ async fn run_batches(quorum: Quorum, mut proposals: mpsc::UnboundedReceiver<Prop
     }
 }
 
-fn command_size(command: &Command) -> usize {
+/// About the bytes `command` carries: its changesets and SQL text.
+pub(crate) fn command_size(command: &Command) -> usize {
     match command {
         Command::Sql { sql } => sql.len(),
         Command::Changeset { changeset, .. } => changeset.len(),

@@ -114,12 +114,26 @@ impl<S: Send + 'static> Worker<S> {
         T: Send + 'static,
         F: FnOnce(&mut S) -> Res<T> + Send + 'static,
     {
+        self.queue(kind, f)?.await
+    }
+
+    /// Queues `f` on the thread now and returns the future of its result, so the caller can
+    /// queue it while holding a lock and await it after.
+    pub fn queue<T, F>(
+        &self,
+        kind: Kind,
+        f: F,
+    ) -> Res<impl std::future::Future<Output = Res<T>> + use<T, F, S>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut S) -> Res<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job: Job<S> = Box::new(move |state| {
             let _ = reply.send(f(state));
         });
         self.jobs.send(job).map_err(|_| stopped(kind))?;
-        answer.await.map_err(|_| stopped(kind))?
+        Ok(async move { answer.await.map_err(|_| stopped(kind))? })
     }
 
     /// Queues `f` on the thread without waiting for it: jobs run in order, so whatever is

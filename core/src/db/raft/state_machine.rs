@@ -9,18 +9,25 @@
 //! A snapshot is a `VACUUM INTO` copy of the database (`snapshots/current.db`). It carries its
 //! own applied log id and membership, so its metadata is always read from the file itself. A
 //! received snapshot becomes the current one and is copied over the database file.
+//!
+//! A member applies the entries it proposed at once: their proposers wait for the results.
+//! Entries proposed by other members are applied in the background (see [`StateMachine::apply`]),
+//! a few at a time, unless someone on this member waits for them. Whatever this member
+//! reads or writes next sees them first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, LogId, StorageIOError, StoredMembership};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::session::ConflictType;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::watch;
 
 use super::changeset::{self, ChangesetApplier, Outcome};
 use super::sqlite::{Kind, OrFail, Res, Worker, read_meta, write_meta};
@@ -160,6 +167,8 @@ struct Db {
     settings: Arc<SettingsGuard>,
     gate: WriteGate,
     applier: ChangesetApplier,
+    /// The index of the last entry applied to the database, published after each commit.
+    applied: watch::Sender<u64>,
 }
 
 impl Db {
@@ -167,13 +176,24 @@ impl Db {
         std::fs::create_dir_all(dir.join("snapshots")).or_fail(WRITE_SM)?;
         let settings = Arc::default();
         let conn = open_connection(&dir.join(DB_FILE), &settings).or_fail(WRITE_SM)?;
+        let (applied, _) = read_applied_state(&conn, READ_SM)?;
         Ok(Db {
             dir: dir.to_path_buf(),
             conn,
             settings,
             gate,
             applier: ChangesetApplier::default(),
+            applied: watch::Sender::new(applied.map_or(0, |id| id.index)),
         })
+    }
+
+    /// Publishes that the database holds the entries up to `index`.
+    fn publish_applied(&self, index: u64) {
+        self.applied.send_if_modified(|applied| {
+            let newer = index > *applied;
+            *applied = (*applied).max(index);
+            newer
+        });
     }
 
     /// Applies a batch in one transaction; each entry in its own savepoint.
@@ -231,6 +251,9 @@ impl Db {
             write_meta(&tx, META, "applied", &Some(log_id), WRITE_SM)?;
         }
         tx.commit().or_fail(WRITE_SM)?;
+        if let Some(log_id) = last {
+            self.publish_applied(log_id.index);
+        }
         Ok(results)
     }
 
@@ -315,6 +338,9 @@ impl Db {
         sync_file_and_dir(&db_path, WRITE_SNAPSHOT)?;
         self.conn = open_connection(&db_path, &self.settings).or_fail(WRITE_SNAPSHOT)?;
         self.applier = ChangesetApplier::default();
+        if let Some(log_id) = meta.last_log_id {
+            self.publish_applied(log_id.index);
+        }
         Ok(())
     }
 
@@ -535,6 +561,14 @@ fn conflict_name(kind: ConflictType) -> String {
     }
 }
 
+/// About the bytes an entry carries.
+fn entry_size(entry: &openraft::Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(command) => crate::db::proposer::command_size(command),
+        _ => 0,
+    }
+}
+
 /// Coordinates the users of the state machine database inside this process.
 ///
 /// - Writers take turns ([`WriteGate::turn`]): the apply thread, and transaction closures
@@ -606,28 +640,68 @@ impl WriteGate {
     }
 }
 
+/// How long entries proposed by other members may wait to be applied, for more to join them
+/// in one database transaction.
+const DEFER_LINGER: Duration = Duration::from_millis(5);
+
+/// The most entries, and about the most bytes of commands, that wait to be applied.
+const DEFER_MAX_ENTRIES: usize = 256;
+const DEFER_MAX_BYTES: usize = 8 << 20;
+
+/// Entries handed to the state machine and not yet queued to the writer thread.
+#[derive(Default)]
+struct Deferred {
+    entries: Vec<openraft::Entry<TypeConfig>>,
+    bytes: usize,
+    /// Whether a timer will queue them.
+    timer: bool,
+    /// The highest index someone on this member waits for: entries up to it are not deferred.
+    wanted: u64,
+    /// The index of the last entry handed to the state machine.
+    accepted: u64,
+    /// Why a background apply failed: the state machine then fails every call.
+    failure: Option<String>,
+}
+
 /// The state machine handed to openraft. Cloning shares the writer thread.
 #[derive(Clone)]
 pub struct StateMachine {
     db: Worker<Db>,
     dir: PathBuf,
     gate: WriteGate,
+    /// The member whose proposals are applied at once; `None` applies every entry at once.
+    proposer: Option<NodeId>,
+    deferred: Arc<Mutex<Deferred>>,
+    /// The index of the last entry applied to the database.
+    applied: watch::Receiver<u64>,
 }
 
 impl StateMachine {
     /// Opens (or creates) the state machine database in `dir` and starts its writer thread.
+    /// Every entry is applied before [`RaftStateMachine::apply`] returns.
     pub fn open(dir: &Path) -> crate::Result<StateMachine> {
         let failed = |err: &dyn std::fmt::Display| {
             crate::Error::internal(format!("Failed to open the database in {dir:?}: {err}"))
         };
         let gate = WriteGate::default();
         let db = Db::open(dir, gate.clone()).map_err(|err| failed(&err))?;
+        let applied = db.applied.subscribe();
         let db = Worker::spawn("microcluster-db", db).map_err(|err| failed(&err))?;
         Ok(StateMachine {
             db,
             dir: dir.to_path_buf(),
             gate,
+            proposer: None,
+            deferred: Arc::default(),
+            applied,
         })
+    }
+
+    /// Applies the entries that member `node` did not propose in the background: see
+    /// [`RaftStateMachine::apply`].
+    pub fn deferring_others_of(mut self, node: NodeId) -> StateMachine {
+        self.proposer = Some(node);
+        self
     }
 
     /// The gate users of the database pass (see [`WriteGate`]).
@@ -635,12 +709,85 @@ impl StateMachine {
         self.gate.clone()
     }
 
+    fn deferred(&self) -> std::sync::MutexGuard<'_, Deferred> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the writer thread, after the entries deferred so far.
+    async fn call<T, F>(&self, kind: Kind, f: F) -> Res<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> Res<T> + Send + 'static,
+    {
+        let answer = {
+            let mut deferred = self.deferred();
+            if let Some(failure) = &deferred.failure {
+                return Err(kind(openraft::AnyError::error(failure)).into());
+            }
+            let entries = std::mem::take(&mut deferred.entries);
+            deferred.bytes = 0;
+            // Queued under the lock, so jobs reach the thread in the order of the log.
+            self.db.queue(kind, move |db| {
+                if !entries.is_empty() {
+                    db.apply(entries)?;
+                }
+                f(db)
+            })?
+        };
+        answer.await
+    }
+
+    /// Queues the deferred entries to the writer thread, without waiting for them.
+    fn flush(&self) {
+        let mut deferred = self.deferred();
+        deferred.timer = false;
+        if deferred.entries.is_empty() || deferred.failure.is_some() {
+            return;
+        }
+        let entries = std::mem::take(&mut deferred.entries);
+        deferred.bytes = 0;
+        let shared = self.deferred.clone();
+        let queued = self.db.submit(WRITE_SM, move |db| {
+            db.apply(entries).map(drop).inspect_err(|err| {
+                let mut deferred = shared.lock().unwrap_or_else(|p| p.into_inner());
+                deferred.failure = Some(format!("applying entries failed: {err}"));
+            })
+        });
+        if let Err(err) = queued {
+            deferred.failure = Some(format!("applying entries failed: {err}"));
+        }
+    }
+
+    /// Waits at most `timeout` until this member's database holds entry `index`; whether it
+    /// does.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut applied = self.applied.clone();
+        if *applied.borrow() >= index {
+            return true;
+        }
+        {
+            let mut deferred = self.deferred();
+            deferred.wanted = deferred.wanted.max(index);
+        }
+        self.flush();
+        matches!(
+            tokio::time::timeout(timeout, applied.wait_for(|&at| at >= index)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Waits at most `timeout` until this member's database holds every entry handed to the
+    /// state machine so far; whether it does.
+    pub async fn catch_up(&self, timeout: Duration) -> bool {
+        let accepted = self.deferred().accepted;
+        self.wait_applied(accepted, timeout).await
+    }
+
     /// The current snapshot, opened for reading; with `build`, a new one is made first, in the
     /// same job so no other snapshot can replace it in between.
     async fn current_snapshot(&self, build: bool) -> Res<Option<Snapshot<TypeConfig>>> {
         let kind = if build { WRITE_SNAPSHOT } else { READ_SNAPSHOT };
         let current = self
-            .db
             .call(kind, move |db| {
                 if build {
                     db.build_snapshot()?;
@@ -668,8 +815,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> Res<AppliedState> {
-        self.db
-            .call(READ_SM, |db| read_applied_state(&db.conn, READ_SM))
+        self.call(READ_SM, |db| read_applied_state(&db.conn, READ_SM))
             .await
     }
 
@@ -679,7 +825,47 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        self.db.call(WRITE_SM, move |db| db.apply(entries)).await
+        let Some(last) = entries.last().map(|entry| entry.log_id.index) else {
+            return Ok(Vec::new());
+        };
+        let proposed_here = |entry: &openraft::Entry<TypeConfig>| {
+            self.proposer
+                .is_none_or(|node| entry.log_id.leader_id.node_id == node)
+        };
+        if entries.iter().any(proposed_here) {
+            self.deferred().accepted = last;
+            return self.call(WRITE_SM, move |db| db.apply(entries)).await;
+        }
+        // Entries another member proposed: their results go nowhere (openraft answers a
+        // proposal only on the leader that proposed it), so they can wait for more to be
+        // applied with them in one transaction, which spares a commit per entry.
+        let count = entries.len();
+        let (now, timer) = {
+            let mut deferred = self.deferred();
+            if let Some(failure) = &deferred.failure {
+                return Err(WRITE_SM(openraft::AnyError::error(failure)).into());
+            }
+            let first = entries[0].log_id.index;
+            deferred.accepted = last;
+            deferred.bytes += entries.iter().map(entry_size).sum::<usize>();
+            deferred.entries.extend(entries);
+            let now = deferred.wanted >= first
+                || deferred.entries.len() >= DEFER_MAX_ENTRIES
+                || deferred.bytes >= DEFER_MAX_BYTES;
+            let timer = !now && !deferred.timer;
+            deferred.timer |= timer;
+            (now, timer)
+        };
+        if now {
+            self.flush();
+        } else if timer {
+            let state_machine = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(DEFER_LINGER).await;
+                state_machine.flush();
+            });
+        }
+        Ok(vec![CommandResult::Applied { rows_affected: 0 }; count])
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -720,8 +906,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::warn!("Failed to remove {receiving:?}: {err}");
         }
         let meta = meta.clone();
-        self.db
-            .call(WRITE_SNAPSHOT, move |db| db.install_snapshot(&meta))
+        self.call(WRITE_SNAPSHOT, move |db| db.install_snapshot(&meta))
             .await
     }
 

@@ -445,3 +445,128 @@ async fn triggers_do_not_run_again_when_a_changeset_applies() {
     let audit: Vec<(String, i64)> = pairs(dir.path(), "SELECT k, times FROM audit ORDER BY k");
     assert_eq!(audit, [("a".to_string(), 1), ("b".to_string(), 1)]);
 }
+
+/// An entry that member `node` proposed as leader.
+fn entry_of(node: u64, index: u64, command: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, node), index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+/// Waits (at most 30 s) until the state machine database in `dir` holds `expected` in kv.
+async fn wait_for_kv(dir: &std::path::Path, expected: &[(&str, &str)]) {
+    let expected: BTreeMap<String, String> = expected
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let holds = || {
+        let conn = Connection::open(dir.join("db.sqlite3")).unwrap();
+        let kv_exists: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'kv'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        kv_exists && dump(dir) == expected
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !holds() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "kv does not hold {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn entries_other_members_proposed_apply_in_the_background_and_in_order() {
+    const ME: u64 = 2;
+    const OTHER: u64 = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path())
+        .unwrap()
+        .deferring_others_of(ME);
+    // Based after the schema entry, which makes every transaction based before it conflict.
+    let insert = |rows: &[(&str, &str)], statements: &str| Command::Changeset {
+        base: 1,
+        read_tables: vec![],
+        changeset: changeset(rows, statements),
+    };
+
+    // Another member's entries: answered at once, applied shortly after without anyone asking.
+    sm.apply(vec![
+        entry_of(OTHER, 1, sql(KV)),
+        entry_of(OTHER, 2, insert(&[], "INSERT INTO kv VALUES ('a', '1')")),
+    ])
+    .await
+    .unwrap();
+    wait_for_kv(dir.path(), &[("a", "1")]).await;
+
+    // Someone waiting for an entry has it applied now, not after the linger.
+    sm.apply(vec![entry_of(
+        OTHER,
+        3,
+        insert(&[], "INSERT INTO kv VALUES ('b', '1')"),
+    )])
+    .await
+    .unwrap();
+    assert!(
+        sm.wait_applied(3, std::time::Duration::from_secs(30)).await,
+        "entry 3 was not applied"
+    );
+    assert_eq!(dump(dir.path()).get("b").map(String::as_str), Some("1"));
+
+    // This member's own entry waits for the deferred ones before it, and gets its real result:
+    // it changes the row as entry 4 left it, so it would conflict if applied first.
+    sm.apply(vec![entry_of(
+        OTHER,
+        4,
+        insert(&[("b", "1")], "UPDATE kv SET v = '2' WHERE k = 'b'"),
+    )])
+    .await
+    .unwrap();
+    let own = sm
+        .apply(vec![entry_of(
+            ME,
+            5,
+            insert(&[("b", "2")], "UPDATE kv SET v = '3' WHERE k = 'b'"),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(own, vec![CommandResult::Applied { rows_affected: 0 }]);
+    assert_eq!(dump(dir.path()).get("b").map(String::as_str), Some("3"));
+
+    // The applied state and a snapshot include what was deferred.
+    sm.apply(vec![entry_of(
+        OTHER,
+        6,
+        insert(&[], "INSERT INTO kv VALUES ('c', '1')"),
+    )])
+    .await
+    .unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|id| id.index), Some(6));
+    sm.apply(vec![entry_of(
+        OTHER,
+        7,
+        insert(&[], "INSERT INTO kv VALUES ('d', '1')"),
+    )])
+    .await
+    .unwrap();
+    let snapshot = sm.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(7));
+
+    // catch_up waits for everything handed over so far.
+    sm.apply(vec![entry_of(
+        OTHER,
+        8,
+        insert(&[], "INSERT INTO kv VALUES ('e', '1')"),
+    )])
+    .await
+    .unwrap();
+    assert!(sm.catch_up(std::time::Duration::from_secs(30)).await);
+    assert_eq!(dump(dir.path()).len(), 5);
+}
