@@ -261,28 +261,7 @@ impl Database {
     /// Waits until the local database holds entry `index`.
     pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
         let timeout = deadline.saturating_duration_since(Instant::now());
-        if self.state_machine.wait_applied(index, timeout).await {
-            return Ok(());
-        }
-        Err(Error::new(
-            ErrorKind::Timeout,
-            format!("Timed out after {timeout:?} waiting for this member to apply entry {index}"),
-        ))
-    }
-
-    /// Waits until the local database holds every entry this member knows to be committed,
-    /// including those applied in the background.
-    pub(crate) async fn catch_up(&self, deadline: Instant) -> Result<()> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        if self.state_machine.catch_up(timeout).await {
-            return Ok(());
-        }
-        Err(Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "Timed out after {timeout:?} waiting for this member to apply the committed entries"
-            ),
-        ))
+        self.state_machine.wait_applied(index, timeout).await
     }
 
     /// Runs `local` if this member is the leader, else sends `path` with `body` to the leader;
@@ -410,14 +389,17 @@ impl Database {
     }
 
     /// Runs `f` on a pooled connection to the local state machine database, on a blocking
-    /// thread (SQLite never runs on the async executor). `f` gets the write gate and must take
-    /// its turn before it writes ([`WriteGate`]). Connections are reopened after a snapshot
-    /// replaced the database file.
-    pub(crate) async fn on_connection<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    /// thread (SQLite never runs on the async executor), once the database holds every entry
+    /// handed to the state machine (some are applied in the background), waiting for that
+    /// until `deadline`. `f` gets the write gate and must take its turn before it writes
+    /// ([`WriteGate`]). Connections are reopened after a snapshot replaced the database file.
+    pub(crate) async fn on_connection<T, F>(self: &Arc<Self>, deadline: Instant, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection, &WriteGate) -> T + Send + 'static,
     {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.state_machine.catch_up(timeout).await?;
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let gate = db.state_machine.write_gate();

@@ -97,7 +97,7 @@ impl Database {
             let read_index = self.read_index(deadline).await?;
             self.wait_applied(read_index, deadline).await?;
             let checked = statements.clone();
-            self.on_connection(move |conn, gate| {
+            self.on_connection(deadline, move |conn, gate| {
                 let _turn = gate.turn();
                 dry_run(conn, &checked)
             })

@@ -143,8 +143,9 @@ fn dry_run(conn: &Connection, updates: &[Pending<'_>]) -> Result<()> {
 
 impl Database {
     /// The schema versions of the local state machine.
-    pub async fn schema_versions(self: &Arc<Self>) -> Result<(u64, u64)> {
-        self.on_connection(|conn, _| versions(conn)).await?
+    pub async fn schema_versions(self: &Arc<Self>, deadline: Instant) -> Result<(u64, u64)> {
+        self.on_connection(deadline, |conn, _| versions(conn))
+            .await?
     }
 
     /// Applies the missing internal and external updates in one replicated entry; all or
@@ -158,7 +159,7 @@ impl Database {
         self.wait_applied(read_index, deadline).await?;
         let updates_text = external.to_vec();
         let prepared = self
-            .on_connection(move |conn, gate| -> Result<Option<String>> {
+            .on_connection(deadline, move |conn, gate| -> Result<Option<String>> {
                 let _turn = gate.turn();
                 let updates = pending(versions(conn)?, &updates_text)?;
                 if updates.is_empty() {
@@ -184,7 +185,7 @@ impl Database {
             // left to do if the versions match once this member has applied that entry too.
             CommandResult::Failed { message } => {
                 self.wait_applied(index, deadline).await?;
-                let now = self.schema_versions().await?;
+                let now = self.schema_versions(deadline).await?;
                 if now == expected {
                     Ok(expected)
                 } else {

@@ -327,10 +327,8 @@ impl Database {
                     format!("Transaction timed out after {timeout:?}"),
                 ));
             }
-            // Entries applied in the background would only make the run read older state.
-            self.catch_up(deadline).await?;
             let (returned_f, run) = self
-                .on_connection(move |conn, gate| {
+                .on_connection(deadline, move |conn, gate| {
                     let run = run_once(conn, gate, &mut f, immediate);
                     (f, run)
                 })

@@ -194,8 +194,12 @@ fn role_from_raft(voter: bool, table_role: Option<&str>) -> &'static str {
 /// Makes the members table match Raft (SPEC §8.4): inserts missing rows, fixes wrong ones,
 /// deletes rows with no Raft member behind them (PENDING rows stay). Returns the rows.
 pub(crate) async fn reconcile(db: &Arc<Database>) -> Result<Vec<ClusterMember>> {
-    let raft: Vec<(NodeId, MemberNode, bool)> = db.members();
+    let database = db.clone();
     db.transaction(ReadMode::Linearizable, DEFAULT_TIMEOUT, move |tx| {
+        // Read in the closure, so a run that conflicts with a role change (a join promoting
+        // its member writes the role after the Raft change) runs again with the new Raft
+        // membership, instead of writing back the role of the old one.
+        let raft: Vec<(NodeId, MemberNode, bool)> = database.members();
         let rows = members::list(tx)?;
         for (_, node, voter) in &raft {
             let row = rows.iter().find(|m| m.name == node.name);

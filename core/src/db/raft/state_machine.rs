@@ -651,16 +651,32 @@ const DEFER_MAX_BYTES: usize = 8 << 20;
 /// Entries handed to the state machine and not yet queued to the writer thread.
 #[derive(Default)]
 struct Deferred {
+    /// The entries; a timer queues them [`DEFER_LINGER`] after the first one came.
     entries: Vec<openraft::Entry<TypeConfig>>,
+    /// About the bytes they carry.
     bytes: usize,
-    /// Whether a timer will queue them.
-    timer: bool,
     /// The highest index someone on this member waits for: entries up to it are not deferred.
     wanted: u64,
     /// The index of the last entry handed to the state machine.
     accepted: u64,
     /// Why a background apply failed: the state machine then fails every call.
     failure: Option<String>,
+}
+
+impl Deferred {
+    /// Fails with the storage error of the subject `kind` once a background apply failed.
+    fn check(&self, kind: Kind) -> Res<()> {
+        match &self.failure {
+            Some(failure) => Err(kind(openraft::AnyError::error(failure)).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the entries, to queue them to the writer thread.
+    fn take(&mut self) -> Vec<openraft::Entry<TypeConfig>> {
+        self.bytes = 0;
+        std::mem::take(&mut self.entries)
+    }
 }
 
 /// The state machine handed to openraft. Cloning shares the writer thread.
@@ -721,11 +737,8 @@ impl StateMachine {
     {
         let answer = {
             let mut deferred = self.deferred();
-            if let Some(failure) = &deferred.failure {
-                return Err(kind(openraft::AnyError::error(failure)).into());
-            }
-            let entries = std::mem::take(&mut deferred.entries);
-            deferred.bytes = 0;
+            deferred.check(kind)?;
+            let entries = deferred.take();
             // Queued under the lock, so jobs reach the thread in the order of the log.
             self.db.queue(kind, move |db| {
                 if !entries.is_empty() {
@@ -740,12 +753,10 @@ impl StateMachine {
     /// Queues the deferred entries to the writer thread, without waiting for them.
     fn flush(&self) {
         let mut deferred = self.deferred();
-        deferred.timer = false;
         if deferred.entries.is_empty() || deferred.failure.is_some() {
             return;
         }
-        let entries = std::mem::take(&mut deferred.entries);
-        deferred.bytes = 0;
+        let entries = deferred.take();
         let shared = self.deferred.clone();
         let queued = self.db.submit(WRITE_SM, move |db| {
             db.apply(entries).map(drop).inspect_err(|err| {
@@ -758,27 +769,59 @@ impl StateMachine {
         }
     }
 
-    /// Waits at most `timeout` until this member's database holds entry `index`; whether it
-    /// does.
-    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+    /// Adds `entries`, the first of which is `first`, to those deferred: they are queued at
+    /// once if someone waits for one of them or if too many wait, else when the timer started
+    /// by the first deferred entry fires.
+    fn defer(&self, first: u64, entries: Vec<openraft::Entry<TypeConfig>>) -> Res<()> {
+        let mut deferred = self.deferred();
+        deferred.check(WRITE_SM)?;
+        // A timer left from entries that another call queued early may fire sooner: that only
+        // queues these early too.
+        let timer = deferred.entries.is_empty();
+        deferred.bytes += entries.iter().map(entry_size).sum::<usize>();
+        deferred.entries.extend(entries);
+        let now = deferred.wanted >= first
+            || deferred.entries.len() >= DEFER_MAX_ENTRIES
+            || deferred.bytes >= DEFER_MAX_BYTES;
+        drop(deferred);
+        if now {
+            self.flush();
+        } else if timer {
+            let state_machine = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(DEFER_LINGER).await;
+                state_machine.flush();
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits at most `timeout` until this member's database holds entry `index`, applying
+    /// what was deferred up to it now; a `Timeout` error if it does not.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> crate::Result<()> {
         let mut applied = self.applied.clone();
         if *applied.borrow() >= index {
-            return true;
+            return Ok(());
         }
         {
             let mut deferred = self.deferred();
             deferred.wanted = deferred.wanted.max(index);
         }
         self.flush();
-        matches!(
-            tokio::time::timeout(timeout, applied.wait_for(|&at| at >= index)).await,
-            Ok(Ok(_))
-        )
+        match tokio::time::timeout(timeout, applied.wait_for(|&at| at >= index)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(crate::Error::new(
+                crate::ErrorKind::Timeout,
+                format!(
+                    "Timed out after {timeout:?} waiting for this member to apply entry {index}"
+                ),
+            )),
+        }
     }
 
     /// Waits at most `timeout` until this member's database holds every entry handed to the
-    /// state machine so far; whether it does.
-    pub async fn catch_up(&self, timeout: Duration) -> bool {
+    /// state machine so far (see [`StateMachine::wait_applied`]).
+    pub async fn catch_up(&self, timeout: Duration) -> crate::Result<()> {
         let accepted = self.deferred().accepted;
         self.wait_applied(accepted, timeout).await
     }
@@ -825,46 +868,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let Some(last) = entries.last().map(|entry| entry.log_id.index) else {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(Vec::new());
         };
+        let (first, last) = (first.log_id.index, last.log_id.index);
         let proposed_here = |entry: &openraft::Entry<TypeConfig>| {
             self.proposer
                 .is_none_or(|node| entry.log_id.leader_id.node_id == node)
         };
+        self.deferred().accepted = last;
         if entries.iter().any(proposed_here) {
-            self.deferred().accepted = last;
             return self.call(WRITE_SM, move |db| db.apply(entries)).await;
         }
         // Entries another member proposed: their results go nowhere (openraft answers a
         // proposal only on the leader that proposed it), so they can wait for more to be
         // applied with them in one transaction, which spares a commit per entry.
         let count = entries.len();
-        let (now, timer) = {
-            let mut deferred = self.deferred();
-            if let Some(failure) = &deferred.failure {
-                return Err(WRITE_SM(openraft::AnyError::error(failure)).into());
-            }
-            let first = entries[0].log_id.index;
-            deferred.accepted = last;
-            deferred.bytes += entries.iter().map(entry_size).sum::<usize>();
-            deferred.entries.extend(entries);
-            let now = deferred.wanted >= first
-                || deferred.entries.len() >= DEFER_MAX_ENTRIES
-                || deferred.bytes >= DEFER_MAX_BYTES;
-            let timer = !now && !deferred.timer;
-            deferred.timer |= timer;
-            (now, timer)
-        };
-        if now {
-            self.flush();
-        } else if timer {
-            let state_machine = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(DEFER_LINGER).await;
-                state_machine.flush();
-            });
-        }
+        self.defer(first, entries)?;
         Ok(vec![CommandResult::Applied { rows_affected: 0 }; count])
     }
 

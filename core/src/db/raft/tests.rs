@@ -513,10 +513,9 @@ async fn entries_other_members_proposed_apply_in_the_background_and_in_order() {
     )])
     .await
     .unwrap();
-    assert!(
-        sm.wait_applied(3, std::time::Duration::from_secs(30)).await,
-        "entry 3 was not applied"
-    );
+    sm.wait_applied(3, std::time::Duration::from_secs(30))
+        .await
+        .expect("entry 3 was not applied");
     assert_eq!(dump(dir.path()).get("b").map(String::as_str), Some("1"));
 
     // This member's own entry waits for the deferred ones before it, and gets its real result:
@@ -567,6 +566,8 @@ async fn entries_other_members_proposed_apply_in_the_background_and_in_order() {
     )])
     .await
     .unwrap();
-    assert!(sm.catch_up(std::time::Duration::from_secs(30)).await);
+    sm.catch_up(std::time::Duration::from_secs(30))
+        .await
+        .expect("the entries handed over were not applied");
     assert_eq!(dump(dir.path()).len(), 5);
 }
