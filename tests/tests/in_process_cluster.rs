@@ -6,8 +6,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use microcluster::db::RaftSettings;
 use microcluster::{App, Args, DaemonArgs, ErrorKind, ReadMode, Value, runtime};
 use microcluster_it::free_address;
+
+/// The Raft timings and the membership heartbeat interval of a member (zero: the default).
+#[derive(Clone, Default)]
+struct Timings {
+    raft: RaftSettings,
+    heartbeat_interval: Duration,
+}
 
 /// A member started in this process; stopped when dropped.
 struct Member {
@@ -17,6 +25,10 @@ struct Member {
 
 impl Member {
     fn start(dir: &Path) -> Member {
+        Member::start_with(dir, Timings::default())
+    }
+
+    fn start_with(dir: &Path, timings: Timings) -> Member {
         let app = Arc::new(
             App::new(Args {
                 state_dir: Some(dir.to_path_buf()),
@@ -34,6 +46,8 @@ impl Member {
                             "CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)"
                                 .into(),
                         ],
+                        raft: timings.raft,
+                        heartbeat_interval: timings.heartbeat_interval,
                         ..DaemonArgs::default()
                     })
                     .await
@@ -68,6 +82,27 @@ impl Drop for Member {
     }
 }
 
+/// Members that stop in the reverse order of their start. The first member, the leader when
+/// no election can happen, stops last: with no voter left to hand leadership to, it does not
+/// wait out the (here hours long) election timeout first.
+struct StopLeaderLast(Vec<Member>);
+
+impl std::ops::Deref for StopLeaderLast {
+    type Target = [Member];
+
+    fn deref(&self) -> &[Member] {
+        &self.0
+    }
+}
+
+impl Drop for StopLeaderLast {
+    fn drop(&mut self) {
+        while let Some(member) = self.0.pop() {
+            drop(member);
+        }
+    }
+}
+
 fn counter(tx: &mut microcluster::Tx<'_>, name: &str) -> microcluster::Result<i64> {
     let rows = tx.query("SELECT value FROM counters WHERE name = ?1", [name])?;
     Ok(match rows.rows.first().map(|row| &row[0]) {
@@ -77,8 +112,12 @@ fn counter(tx: &mut microcluster::Tx<'_>, name: &str) -> microcluster::Result<i6
 }
 
 fn three_members(dir: &Path) -> Vec<Member> {
+    three_members_with(dir, Timings::default())
+}
+
+fn three_members_with(dir: &Path, timings: Timings) -> Vec<Member> {
     let members: Vec<Member> = (1..=3)
-        .map(|i| Member::start(&dir.join(format!("c{i}"))))
+        .map(|i| Member::start_with(&dir.join(format!("c{i}")), timings.clone()))
         .collect();
     let first = free_address();
     members[0]
@@ -173,6 +212,54 @@ fn read_modify_write_transactions_from_every_member_are_serializable() {
         })
         .unwrap();
     assert!(local <= 2 * PER_MEMBER);
+}
+
+#[test]
+fn a_write_from_a_follower_does_not_wait_for_the_leader_to_mention_its_commit() {
+    // Within the test the leader sends no Raft heartbeat and holds back every committed index
+    // that no entries carry, and no membership heartbeat reads the database: a follower's
+    // write returns in time only because the leader tells the followers at once when it
+    // answers a forwarded proposal.
+    let hour = Duration::from_secs(3600);
+    let timings = Timings {
+        raft: RaftSettings {
+            heartbeat_interval: hour,
+            election_timeout: (2 * hour, 4 * hour),
+            commit_notify_delay: hour,
+            ..RaftSettings::default()
+        },
+        heartbeat_interval: hour,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let members = StopLeaderLast(three_members_with(dir.path(), timings));
+    for (i, member) in members.iter().enumerate() {
+        let written = member.run(move |app| {
+            Box::pin(async move {
+                let deadline = Duration::from_secs(20);
+                app.transaction_with(ReadMode::Linearizable, deadline, move |tx| {
+                    tx.execute(
+                        "INSERT INTO counters (name, value) VALUES (?1, 1)",
+                        [format!("c{}", i + 1)],
+                    )?;
+                    counter(tx, &format!("c{}", i + 1))
+                })
+                .await
+            })
+        });
+        assert_eq!(written.unwrap(), 1);
+    }
+    let sum = members[1]
+        .run(|app| {
+            Box::pin(async move {
+                app.transaction(|tx| {
+                    let rows = tx.query("SELECT sum(value) FROM counters", ())?;
+                    Ok(rows.rows[0][0].clone())
+                })
+                .await
+            })
+        })
+        .unwrap();
+    assert_eq!(sum, Value::Integer(3));
 }
 
 #[test]

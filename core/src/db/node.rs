@@ -49,6 +49,11 @@ pub struct RaftSettings {
     /// Entries kept in the log behind a snapshot, so briefly lagging members catch up from the
     /// log rather than by snapshot.
     pub keep_after_snapshot: u64,
+    /// How long the leader holds back telling followers that entries are committed when no new
+    /// entries carry the news, so the next ones can (whole milliseconds). Followers apply
+    /// others' entries up to this much later; their linearizable reads and writes do not
+    /// wait for it.
+    pub commit_notify_delay: Duration,
 }
 
 impl Default for RaftSettings {
@@ -58,6 +63,7 @@ impl Default for RaftSettings {
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             snapshot_every: 8192,
             keep_after_snapshot: 1024,
+            commit_notify_delay: Duration::from_millis(2),
         }
     }
 }
@@ -72,6 +78,7 @@ impl RaftSettings {
             election_timeout_max: millis(self.election_timeout.1),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            commit_notify_delay: millis(self.commit_notify_delay),
             ..Config::default()
         }
         .validate()
@@ -356,6 +363,24 @@ impl Database {
         timeout: Duration,
     ) -> Result<Option<(u64, CommandResult)>> {
         self.proposer.propose(command, timeout).await
+    }
+
+    /// Proposes a command another member forwarded, on this node; `None` when it is not (or
+    /// no longer) the leader. That member waits until its own copy of the entry is applied,
+    /// so the followers hear at once that it is committed, not after
+    /// [`RaftSettings::commit_notify_delay`].
+    pub(crate) async fn propose_forwarded(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<Option<(u64, CommandResult)>> {
+        let proposed = self.propose_local(command, timeout).await?;
+        if proposed.is_some()
+            && let Err(err) = self.raft.trigger().heartbeat().await
+        {
+            tracing::debug!("Could not send the commit to the followers at once: {err}");
+        }
+        Ok(proposed)
     }
 
     /// The read index on this node; `None` when it is not (or no longer) the leader.

@@ -215,8 +215,10 @@ impl RecentEntries {
 /// The recent entries, shared by the writer thread and the readers.
 type SharedRecent = Arc<Mutex<RecentEntries>>;
 
-fn lock(recent: &SharedRecent) -> std::sync::MutexGuard<'_, RecentEntries> {
-    recent
+/// Locks `mutex`; its data stays consistent even if a holder panicked (every change is one
+/// assignment or one call that does not panic halfway).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -227,12 +229,15 @@ struct EncodedEntry {
     blob: Vec<u8>,
 }
 
+/// The committed id saved since the writer thread last wrote one, if any. It is shared, so
+/// saving it does not wake the writer thread: the next write transaction picks it up.
+type PendingCommitted = Arc<Mutex<Option<Option<LogId<NodeId>>>>>;
+
 /// What the writer thread owns: the read-write connection and the committed id waiting to be
 /// written.
 struct LogWriter {
     conn: Connection,
-    /// The committed id saved since the last write transaction, if any.
-    pending_committed: Option<Option<LogId<NodeId>>>,
+    pending_committed: PendingCommitted,
 }
 
 impl LogWriter {
@@ -240,11 +245,26 @@ impl LogWriter {
     fn transaction<T>(&mut self, write: impl FnOnce(&rusqlite::Transaction) -> Res<T>) -> Res<T> {
         let tx = self.conn.transaction().or_fail(WRITE_LOGS)?;
         let written = write(&tx)?;
-        if let Some(committed) = &self.pending_committed {
+        // Only an id whose entry is on disk once this commits: the id may have been saved
+        // after a quorum of other members acknowledged an entry whose own append still waits
+        // behind this transaction, and a restart must not find it past the log's end.
+        let last: Option<i64> = tx
+            .prepare_cached("SELECT max(idx) FROM log")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .or_fail(WRITE_LOGS)?;
+        let committed = lock(&self.pending_committed).filter(|committed| {
+            let index = committed.map_or(0, |id| sql_index(id.index));
+            last.is_some_and(|last| index <= last)
+        });
+        if let Some(committed) = &committed {
             write_meta(&tx, META, META_COMMITTED, committed, WRITE_LOGS)?;
         }
         tx.commit().or_fail(WRITE_LOGS)?;
-        self.pending_committed = None;
+        let mut pending = lock(&self.pending_committed);
+        // A newer id saved meanwhile waits for the next transaction.
+        if committed.is_some() && *pending == committed {
+            *pending = None;
+        }
         Ok(written)
     }
 
@@ -270,16 +290,11 @@ impl LogWriter {
 
     /// The committed id: the one waiting to be written, else the one on disk.
     fn committed(&self) -> Res<Option<LogId<NodeId>>> {
-        match self.pending_committed {
-            Some(committed) => Ok(committed),
-            None => {
-                let kind: Kind = StorageIOError::read;
-                Ok(
-                    read_meta::<Option<LogId<NodeId>>>(&self.conn, META, META_COMMITTED, kind)?
-                        .flatten(),
-                )
-            }
+        if let Some(committed) = *lock(&self.pending_committed) {
+            return Ok(committed);
         }
+        let kind: Kind = StorageIOError::read;
+        Ok(read_meta::<Option<LogId<NodeId>>>(&self.conn, META, META_COMMITTED, kind)?.flatten())
     }
 }
 
@@ -325,6 +340,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
 pub struct LogStore {
     writer: Worker<LogWriter>,
     reader: LogReader,
+    pending_committed: PendingCommitted,
     /// The number of transactions committed by the writer connection.
     #[cfg(test)]
     commits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -375,14 +391,16 @@ impl LogStore {
             .map_err(err)?;
         let recent = SharedRecent::default();
         let reader = Worker::spawn("raft-log-read", read_conn)?;
+        let pending_committed = PendingCommitted::default();
         let writer = LogWriter {
             conn,
-            pending_committed: None,
+            pending_committed: pending_committed.clone(),
         };
         let writer = Worker::spawn("raft-log-write", writer)?;
         Ok(LogStore {
             writer,
             reader: LogReader { recent, reader },
+            pending_committed,
             #[cfg(test)]
             commits,
             #[cfg(test)]
@@ -455,12 +473,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Res<()> {
         // The committed id is a hint that lets a restarted member apply sooner; losing the
         // latest one in a crash only delays that. So it waits for the next write transaction
-        // instead of costing a commit on the Raft core's critical path at every commit.
-        let f = move |writer: &mut LogWriter| {
-            writer.pending_committed = Some(committed);
-            Ok(())
-        };
-        self.writer.submit(StorageIOError::write, f)
+        // instead of costing a commit (or even a wake of the writer thread) at every commit.
+        // Entries up to it are already durable, so whichever transaction writes it is safe.
+        *lock(&self.pending_committed) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Res<Option<LogId<NodeId>>> {
@@ -726,6 +742,22 @@ pub(crate) mod tests {
         drop((store, other));
         let mut reopened = LogStore::open(&path).unwrap();
         assert_eq!(reopened.read_committed().await.unwrap(), Some(id(1, 5)));
+    }
+
+    #[tokio::test]
+    async fn a_committed_id_past_the_written_log_waits_for_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.db");
+        let mut store = LogStore::open(&path).unwrap();
+        let mut other = LogStore::open(&path).unwrap();
+        store.blocking_append(entries(1, 10)).await.unwrap();
+        // A quorum acknowledged entry 12 before this member's own copy is written.
+        store.save_committed(Some(id(1, 12))).await.unwrap();
+        store.blocking_append(entries(11, 11)).await.unwrap();
+        assert_eq!(other.read_committed().await.unwrap(), None);
+        assert_eq!(store.read_committed().await.unwrap(), Some(id(1, 12)));
+        store.blocking_append(entries(12, 12)).await.unwrap();
+        assert_eq!(other.read_committed().await.unwrap(), Some(id(1, 12)));
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ mod sqlite;
 pub mod state_machine;
 
 #[cfg(test)]
-mod leader_flush_tests;
+mod openraft_patch_tests;
 #[cfg(test)]
 mod tests;
 

@@ -81,7 +81,7 @@ async fn snapshot(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
 async fn propose(daemon: Arc<Daemon>, request: Request) -> Result<Response> {
     let command: Command = network::decode(&request.raw)?;
     let db = daemon.database()?;
-    let reply = Database::leader_reply(db.propose_local(command, LEADER_RPC_TIMEOUT).await)?;
+    let reply = Database::leader_reply(db.propose_forwarded(command, LEADER_RPC_TIMEOUT).await)?;
     Ok(Response::binary(reply))
 }
 

@@ -128,6 +128,17 @@ pub struct Config {
     #[clap(long, default_value = "50")]
     pub heartbeat_interval: u64,
 
+    /// How long, in milliseconds, a leader holds back a committed index that no entries carry
+    /// to a follower, so that the next entries (or heartbeat) can carry it instead of an
+    /// AppendEntries request of its own. `0` sends it at once.
+    ///
+    /// A follower learns that its entries are committed (and applies them) up to this much
+    /// later; linearizable reads are not delayed, since the leader confirms its leadership
+    /// with requests that carry the committed index, and neither are writes that wait for the
+    /// leader's answer. (microcluster-rs patch; the release always sends it at once.)
+    #[clap(long, default_value = "0")]
+    pub commit_notify_delay: u64,
+
     /// The timeout for sending then installing the last snapshot segment,
     /// in millisecond. It is also used as the timeout for sending a non-last segment, if
     /// `send_snapshot_timeout` is 0.

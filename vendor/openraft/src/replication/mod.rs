@@ -145,6 +145,10 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// When the committed index, if no AppendEntries request has carried it yet, goes out in a
+    /// heartbeat of its own ([`Config::commit_notify_delay`]).
+    commit_due: Option<InstantOf<C>>,
 }
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -198,6 +202,7 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            commit_due: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -227,6 +232,7 @@ where
 
             let res = match d {
                 Data::Heartbeat => {
+                    self.commit_due = None;
                     let m = &self.matching;
                     // request_id==None will be ignored by RaftCore.
                     let d = DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m.clone()));
@@ -235,6 +241,7 @@ where
                     self.send_log_entries(d).await
                 }
                 Data::Logs(log) => {
+                    self.commit_due = None;
                     log_data = Some(log.clone());
                     self.send_log_entries(log).await
                 }
@@ -630,9 +637,24 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         if self.next_action.is_none() {
-            let event =
-                self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
-            self.process_event(event);
+            let closed = || ReplicationClosed::new("rx_repl is closed in drain_event()");
+            match self.commit_due.clone() {
+                None => {
+                    let event = self.rx_event.recv().await.ok_or_else(closed)?;
+                    self.process_event(event);
+                }
+                Some(due) => {
+                    select! {
+                        _ = C::sleep_until(due) => {
+                            self.next_action = Some(Data::new_heartbeat());
+                        }
+                        recv_res = self.rx_event.recv() => {
+                            let event = recv_res.ok_or_else(closed)?;
+                            self.process_event(event);
+                        }
+                    }
+                }
+            }
         }
 
         // Returning from process_event(), next_action is never None.
@@ -679,9 +701,15 @@ where
 
                 self.committed = c;
 
-                // If there is no action, fill in an heartbeat action to send committed index.
+                // If there is no action, send the committed index in a heartbeat: at once, or
+                // after `commit_notify_delay` unless an earlier request carries it.
                 if self.next_action.is_none() {
-                    self.next_action = Some(Data::new_heartbeat());
+                    let delay = Duration::from_millis(self.config.commit_notify_delay);
+                    if delay.is_zero() {
+                        self.next_action = Some(Data::new_heartbeat());
+                    } else if self.commit_due.is_none() {
+                        self.commit_due = Some(C::now() + delay);
+                    }
                 }
             }
             Replicate::Heartbeat => {

@@ -1,5 +1,7 @@
-//! The patch of `vendor/openraft` (PATCHED.md): a leader replicates its new entries while it
-//! flushes them, and counts itself towards the quorum only once they are flushed.
+//! The patch of `vendor/openraft` (PATCHED.md):
+//! - a leader replicates its new entries while it flushes them, and counts itself towards the
+//!   quorum only once they are flushed;
+//! - a leader holds back a committed index that no entries carry for `commit_notify_delay`.
 //!
 //! Three Raft nodes run in this process over our log store and state machine, connected by an
 //! in-process network that can cut a node off. The leader's log writes are held back with the
@@ -118,18 +120,33 @@ struct Cluster {
     _dirs: Vec<tempfile::TempDir>,
 }
 
+/// Timings for the tests of the leader's flush.
+fn flush_test_config() -> Config {
+    Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        ..Config::default()
+    }
+}
+
+/// Timings for the tests of the committed index: no heartbeat and no election within a test,
+/// so only AppendEntries requests and the delayed notice tell followers what is committed.
+fn commit_test_config(commit_notify_delay: Duration) -> Config {
+    let hour = 3_600_000;
+    Config {
+        heartbeat_interval: hour,
+        election_timeout_min: 2 * hour,
+        election_timeout_max: 4 * hour,
+        enable_heartbeat: false,
+        commit_notify_delay: u64::try_from(commit_notify_delay.as_millis()).unwrap(),
+        ..Config::default()
+    }
+}
+
 impl Cluster {
-    async fn start() -> Cluster {
-        let config = Arc::new(
-            Config {
-                heartbeat_interval: 50,
-                election_timeout_min: 1000,
-                election_timeout_max: 2000,
-                ..Config::default()
-            }
-            .validate()
-            .unwrap(),
-        );
+    async fn start(config: Config) -> Cluster {
+        let config = Arc::new(config.validate().unwrap());
         let router = Router::default();
         let (mut gates, mut dirs, mut members) = (BTreeMap::new(), Vec::new(), BTreeMap::new());
         for id in 1..=3 {
@@ -211,7 +228,7 @@ fn empty_write() -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_commits_on_the_followers_while_the_leader_is_still_flushing() {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start(flush_test_config()).await;
     let leader = cluster.leader().await;
     cluster.gates[&leader].close();
     // The leader's copy cannot reach its disk; the two followers' copies make the majority.
@@ -228,7 +245,7 @@ async fn a_write_commits_on_the_followers_while_the_leader_is_still_flushing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_counts_itself_only_once_its_log_is_flushed() {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start(flush_test_config()).await;
     let leader = cluster.leader().await;
     let cut_off = (1..=3).find(|id| *id != leader).unwrap();
     cluster.router.down.lock().unwrap().insert(cut_off);
@@ -248,5 +265,51 @@ async fn the_leader_counts_itself_only_once_its_log_is_flushed() {
         .unwrap();
     assert!(written.log_id.index > 0);
     cluster.router.down.lock().unwrap().clear();
+    cluster.shutdown().await;
+}
+
+/// Waits until node `id` has applied entry `index`.
+async fn applied(cluster: &Cluster, id: NodeId, index: u64) {
+    cluster
+        .router
+        .node(id)
+        .wait(Some(PATIENCE))
+        .applied_index_at_least(Some(index), "the entry applied")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_index_no_entries_carry_reaches_the_followers_after_the_delay() {
+    let cluster = Cluster::start(commit_test_config(Duration::from_millis(50))).await;
+    let leader = cluster.leader().await;
+    let written = cluster
+        .router
+        .node(leader)
+        .client_write(empty_write())
+        .await
+        .unwrap();
+    // Nothing else is sent: without the delayed notice the followers would never apply it.
+    for id in (1..=3).filter(|id| *id != leader) {
+        applied(&cluster, id, written.log_id.index).await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_entries_carry_a_held_back_committed_index() {
+    let cluster = Cluster::start(commit_test_config(Duration::from_secs(3600))).await;
+    let leader = cluster.leader().await;
+    let raft = cluster.router.node(leader);
+    let first = raft.client_write(empty_write()).await.unwrap().log_id.index;
+    let second = raft.client_write(empty_write()).await.unwrap().log_id.index;
+    for id in (1..=3).filter(|id| *id != leader) {
+        // The second entry's request told them the first is committed...
+        applied(&cluster, id, first).await;
+        // ...and nothing within the hour tells them about the second.
+        let metrics = cluster.router.node(id).metrics().borrow().clone();
+        assert_eq!(metrics.last_log_index, Some(second));
+        assert_eq!(metrics.last_applied.map(|id| id.index), Some(first));
+    }
     cluster.shutdown().await;
 }
