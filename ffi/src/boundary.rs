@@ -6,6 +6,7 @@ use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 
+use microcluster_core::error::panic_message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -13,13 +14,8 @@ use crate::error::{Failure, mc_error, mc_result, write_error};
 
 /// The one panic boundary: runs `f`, or returns `Err` with the panic's message.
 fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload: Box<dyn Any + Send>| {
-        payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string())
-    })
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(|payload: Box<dyn Any + Send>| panic_message(payload.as_ref()))
 }
 
 /// The body of every fallible export: runs `f` behind the panic boundary and reports its

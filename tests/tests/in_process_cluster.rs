@@ -317,6 +317,21 @@ fn closures_cannot_change_the_schema_and_failed_closures_write_nothing() {
         "{err}"
     );
 
+    // A closure that panics fails its transaction, and only that.
+    let err = members[1]
+        .run(|app| {
+            Box::pin(async move {
+                app.transaction(|tx| -> microcluster::Result<()> {
+                    tx.execute("INSERT INTO counters (name, value) VALUES ('ghost', 2)", [])?;
+                    panic!("the closure gave up")
+                })
+                .await
+            })
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
+    assert!(err.message().contains("the closure gave up"), "{err}");
+
     for member in &members {
         let ghosts = member
             .run(|app| {

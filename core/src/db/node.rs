@@ -4,6 +4,7 @@
 //! (read index).
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use openraft::error::RaftError;
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use rusqlite::Connection;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::proposer::{self, Proposer};
 use super::raft::log_store::LogStore;
@@ -19,6 +21,7 @@ use super::raft::network::{self, Network, PeerCredentials, RpcReply};
 use super::raft::state_machine::{self, StateMachine, WriteGate};
 use super::raft::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 use crate::client::Client;
+use crate::error::panic_message;
 use crate::{Error, ErrorKind, Result};
 
 /// Path of the RPC that proposes a command on the leader (SPEC §5.9: "any further endpoints
@@ -413,11 +416,17 @@ impl Database {
         RpcReply::encode(result)
     }
 
-    /// Runs `f` on a pooled connection to the local state machine database, on a blocking
-    /// thread (SQLite never runs on the async executor), once the database holds every entry
-    /// handed to the state machine (some are applied in the background), waiting for that
-    /// until `deadline`. `f` gets the write gate and must take its turn before it writes
-    /// ([`WriteGate`]). Connections are reopened after a snapshot replaced the database file.
+    /// Runs `f` on a pooled connection to the local state machine database once the database
+    /// holds every entry handed to the state machine (some are applied in the background),
+    /// waiting for that until `deadline`. `f` gets the write gate and must take its turn
+    /// before it writes ([`WriteGate`]). Connections are reopened after a snapshot replaced
+    /// the database file.
+    ///
+    /// SQLite never blocks the executor: on a multi-threaded runtime (the library's) `f` runs
+    /// on this thread after its other tasks were handed to another thread
+    /// (`block_in_place`), which saves the two thread hops of `spawn_blocking` on every
+    /// transaction; elsewhere (tests) it runs on a blocking thread. A panic in `f` is an
+    /// `Internal` error either way.
     pub(crate) async fn on_connection<T, F>(self: &Arc<Self>, deadline: Instant, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -426,7 +435,7 @@ impl Database {
         let timeout = deadline.saturating_duration_since(Instant::now());
         self.state_machine.catch_up(timeout).await?;
         let db = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let job = move || {
             let gate = db.state_machine.write_gate();
             let _file = gate.share_file();
             // No snapshot replaces the file while it is shared, so the generation stays this
@@ -436,9 +445,15 @@ impl Database {
             let done = f(&mut conn, &gate);
             db.return_connection(generation, conn);
             Ok(done)
-        })
-        .await
-        .map_err(|err| Error::internal(format!("A database job panicked: {err}")))?
+        };
+        let panicked = |what: String| Error::internal(format!("A database job panicked: {what}"));
+        if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| catch_unwind(AssertUnwindSafe(job)))
+                .map_err(|payload| panicked(panic_message(payload.as_ref())))?
+        } else {
+            let done = tokio::task::spawn_blocking(job).await;
+            done.map_err(|err| panicked(err.to_string()))?
+        }
     }
 
     /// A pooled connection opened in `generation`, or a new one.

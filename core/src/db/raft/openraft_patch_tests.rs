@@ -27,11 +27,13 @@ use super::{Command, MemberNode, NodeId, TypeConfig};
 /// A generous bound for anything that should happen.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The nodes, and the ones cut off from the others.
+/// The nodes, the ones cut off from the others, and the ones whose incoming requests are held
+/// back (in flight) until released.
 #[derive(Clone, Default)]
 struct Router {
     nodes: Arc<Mutex<BTreeMap<NodeId, Raft<TypeConfig>>>>,
     down: Arc<Mutex<BTreeSet<NodeId>>>,
+    held: Arc<tokio::sync::watch::Sender<BTreeSet<NodeId>>>,
 }
 
 /// The network of one node.
@@ -57,6 +59,9 @@ impl Connection {
         E: std::error::Error,
         F: std::future::Future<Output = Result<T, RaftError<NodeId, E>>>,
     {
+        let mut held = self.router.held.subscribe();
+        let released = held.wait_for(|held| !held.contains(&self.target)).await;
+        released.expect("the router outlives its connections");
         let node = {
             let down = self.router.down.lock().unwrap();
             let node = self.router.nodes.lock().unwrap().get(&self.target).cloned();
@@ -311,5 +316,25 @@ async fn the_next_entries_carry_a_held_back_committed_index() {
         assert_eq!(metrics.last_log_index, Some(second));
         assert_eq!(metrics.last_applied.map(|id| id.index), Some(first));
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_asked_for_while_entries_are_in_flight_follows_them() {
+    let cluster = Cluster::start(commit_test_config(Duration::from_secs(3600))).await;
+    let leader = cluster.leader().await;
+    let slow = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.router.held.send_modify(|held| {
+        held.insert(slow);
+    });
+    // The write commits with the other follower; the slow one's request is in flight.
+    let raft = cluster.router.node(leader);
+    let index = raft.client_write(empty_write()).await.unwrap().log_id.index;
+    raft.trigger().heartbeat().await.unwrap();
+    cluster.router.held.send_modify(|held| {
+        held.remove(&slow);
+    });
+    // The entries' request was sent before the commit; only the heartbeat tells.
+    applied(&cluster, slow, index).await;
     cluster.shutdown().await;
 }

@@ -374,11 +374,12 @@ where C: RaftTypeConfig
                         send_none
                     );
 
-                    #[allow(clippy::collapsible_if)]
-                    if e == &Inflight::None {
-                        if send_none == SendNone::True {
-                            Self::send_to_target(self.output, id, e);
-                        }
+                    // microcluster-rs patch: a heartbeat asked for while entries are in flight
+                    // goes out after them (a replication task sends one request at a time)
+                    // instead of not at all, so it carries the committed index of now; with
+                    // `commit_notify_delay` that index might otherwise wait for the delay.
+                    if send_none == SendNone::True && matches!(e, Inflight::None | Inflight::Logs { .. }) {
+                        Self::send_to_target(self.output, id, &Inflight::None);
                     }
                 }
             }
