@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,8 @@ pub struct Database {
     settings: RaftSettings,
     /// Connections for transactions, with the state machine generation they were opened in.
     pool: Mutex<Vec<(u64, Connection)>>,
+    /// The jobs of [`Database::on_connection`] running now.
+    jobs_running: AtomicUsize,
     state_machine: StateMachine,
     /// Group commit of proposals while this member leads.
     proposer: Proposer,
@@ -116,6 +119,26 @@ pub struct Database {
     leaders: Mutex<HashMap<String, Client>>,
     /// Signalled when a peer announces that its database came online (SPEC §11.5).
     peer_started: tokio::sync::Notify,
+}
+
+/// Counts a job of [`Database::on_connection`] as running while it lives.
+struct RunningJob<'a> {
+    running: &'a AtomicUsize,
+    /// The jobs that were running when this one started.
+    others: usize,
+}
+
+impl<'a> RunningJob<'a> {
+    fn start(running: &'a AtomicUsize) -> RunningJob<'a> {
+        let others = running.fetch_add(1, Ordering::SeqCst);
+        RunningJob { running, others }
+    }
+}
+
+impl Drop for RunningJob<'_> {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Database {
@@ -142,6 +165,7 @@ impl Database {
             network,
             settings,
             pool: Mutex::new(Vec::new()),
+            jobs_running: AtomicUsize::new(0),
             state_machine,
             leaders: Mutex::new(HashMap::new()),
             peer_started: tokio::sync::Notify::new(),
@@ -422,11 +446,12 @@ impl Database {
     /// before it writes ([`WriteGate`]). Connections are reopened after a snapshot replaced
     /// the database file.
     ///
-    /// SQLite never blocks the executor: on a multi-threaded runtime (the library's) `f` runs
-    /// on this thread after its other tasks were handed to another thread
-    /// (`block_in_place`), which saves the two thread hops of `spawn_blocking` on every
-    /// transaction; elsewhere (tests) it runs on a blocking thread. A panic in `f` is an
-    /// `Internal` error either way.
+    /// SQLite never blocks the executor. When no other job runs, on a multi-threaded runtime
+    /// (the library's), `f` runs on this thread after its other tasks were handed to another
+    /// thread (`block_in_place`): that saves the two thread hops of `spawn_blocking`, which
+    /// is most of the gain at one writer. Otherwise it runs on a blocking thread: with many
+    /// jobs at once, handing the worker's tasks over for each costs more than the hops (64
+    /// writers lost 14 %). A panic in `f` is an `Internal` error either way.
     pub(crate) async fn on_connection<T, F>(self: &Arc<Self>, deadline: Instant, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -447,7 +472,9 @@ impl Database {
             Ok(done)
         };
         let panicked = |what: String| Error::internal(format!("A database job panicked: {what}"));
-        if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        let running = RunningJob::start(&self.jobs_running);
+        let alone = running.others == 0;
+        if alone && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
             tokio::task::block_in_place(|| catch_unwind(AssertUnwindSafe(job)))
                 .map_err(|payload| panicked(panic_message(payload.as_ref())))?
         } else {
