@@ -34,7 +34,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{CommittedLeaderId, Entry, LogId, OptionalSend, StorageIOError, Vote};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::sqlite::{Kind, OrFail, Res, Worker, decode, encode, read_meta, write_meta};
+use super::sqlite::{Kind, OrFail, Res, Worker, decode, encode, lock, read_meta, write_meta};
 use super::{NodeId, TypeConfig};
 
 const READ_LOGS: Kind = StorageIOError::read_logs;
@@ -214,14 +214,6 @@ impl RecentEntries {
 
 /// The recent entries, shared by the writer thread and the readers.
 type SharedRecent = Arc<Mutex<RecentEntries>>;
-
-/// Locks `mutex`; its data stays consistent even if a holder panicked (every change is one
-/// assignment or one call that does not panic halfway).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// An entry's id and its encoding, as written to disk.
 struct EncodedEntry {
@@ -724,12 +716,16 @@ pub(crate) mod tests {
         assert_eq!(indexes(recent.read(1, 5, usize::MAX)), None);
     }
 
+    /// A store on `path`, and a second one on the same file that sees only what is on disk.
+    fn store_and_disk_view(path: &Path) -> (LogStore, LogStore) {
+        (LogStore::open(path).unwrap(), LogStore::open(path).unwrap())
+    }
+
     #[tokio::test]
     async fn the_committed_id_is_written_with_the_next_append() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.db");
-        let mut store = LogStore::open(&path).unwrap();
-        let mut other = LogStore::open(&path).unwrap();
+        let (mut store, mut other) = store_and_disk_view(&path);
         let before = store.commits.load(Ordering::SeqCst);
         store.save_committed(Some(id(1, 5))).await.unwrap();
         assert_eq!(store.read_committed().await.unwrap(), Some(id(1, 5)));
@@ -747,9 +743,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_committed_id_past_the_written_log_waits_for_its_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.db");
-        let mut store = LogStore::open(&path).unwrap();
-        let mut other = LogStore::open(&path).unwrap();
+        let (mut store, mut other) = store_and_disk_view(&dir.path().join("raft.db"));
         store.blocking_append(entries(1, 10)).await.unwrap();
         // A quorum acknowledged entry 12 before this member's own copy is written.
         store.save_committed(Some(id(1, 12))).await.unwrap();

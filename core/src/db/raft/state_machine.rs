@@ -30,7 +30,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::watch;
 
 use super::changeset::{self, ChangesetApplier, Outcome};
-use super::sqlite::{Kind, OrFail, Res, Worker, read_meta, write_meta};
+use super::sqlite::{Kind, OrFail, Res, Worker, lock, read_meta, write_meta};
 use super::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 
 /// Prefix of the library's own bookkeeping tables inside the state machine database.
@@ -486,10 +486,7 @@ impl SettingsGuard {
                     .iter()
                     .any(|settable| settable.eq_ignore_ascii_case(pragma_name)) =>
             {
-                *self
-                    .refused
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(format!(
+                *lock(&self.refused) = Some(format!(
                     "PRAGMA {pragma_name} cannot be set in replicated SQL: the settings of a database connection are not replicated"
                 ));
                 Authorization::Deny
@@ -519,11 +516,7 @@ fn apply_sql(
     guard.active.store(true, Ordering::SeqCst);
     let ran = tx.execute_batch(sql);
     guard.active.store(false, Ordering::SeqCst);
-    let refused = guard
-        .refused
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take();
+    let refused = lock(&guard.refused).take();
     let outcome = match (ran, refused) {
         (_, Some(message)) => CommandResult::Failed { message },
         (Err(err), None) => CommandResult::Failed {
@@ -600,7 +593,7 @@ pub struct Turn(WriteGate);
 impl Drop for Turn {
     fn drop(&mut self) {
         let gate = &self.0.0;
-        *gate.taken.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        *lock(&gate.taken) = false;
         gate.given_back.notify_one();
     }
 }
@@ -609,7 +602,7 @@ impl WriteGate {
     /// Waits for the turn to write.
     pub fn turn(&self) -> Turn {
         let gate = &self.0;
-        let mut taken = gate.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let mut taken = lock(&gate.taken);
         while *taken {
             taken = gate
                 .given_back
@@ -726,7 +719,7 @@ impl StateMachine {
     }
 
     fn deferred(&self) -> std::sync::MutexGuard<'_, Deferred> {
-        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.deferred)
     }
 
     /// Runs `f` on the writer thread, after the entries deferred so far.
@@ -760,8 +753,7 @@ impl StateMachine {
         let shared = self.deferred.clone();
         let queued = self.db.submit(WRITE_SM, move |db| {
             db.apply(entries).map(drop).inspect_err(|err| {
-                let mut deferred = shared.lock().unwrap_or_else(|p| p.into_inner());
-                deferred.failure = Some(format!("applying entries failed: {err}"));
+                lock(&shared).failure = Some(format!("applying entries failed: {err}"));
             })
         });
         if let Err(err) = queued {
