@@ -6,7 +6,7 @@
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
-use microcluster::{Error, Tx, Value};
+use microcluster::{Error, Tx, Value, sync};
 use napi::bindgen_prelude::{
     BigInt, Buffer, FromNapiValue, Null, Promise, ToNapiValue, Uint8Array, Unknown,
 };
@@ -53,9 +53,7 @@ pub struct JsTx {
 impl JsTx {
     /// Sends a request; fails once the transaction function has settled.
     fn send(&self, request: Request) -> Result<(), Error> {
-        self.requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.requests)
             .send(request)
             .map_err(|_| Error::invalid("The Tx was used after its transaction function settled"))
     }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use microcluster::{Error, ErrorKind};
+use microcluster::{Error, ErrorKind, sync};
 use pyo3::exceptions::{PyBaseException, PyRuntimeError};
 use pyo3::prelude::*;
 
@@ -56,7 +56,7 @@ fn take_hook_exception(py: Python<'_>, ids: Option<(u32, u64)>) -> Option<Bound<
     if pid != std::process::id() {
         return None;
     }
-    let mut kept = HOOK_EXCEPTIONS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut kept = sync::lock(&HOOK_EXCEPTIONS);
     let at = kept.iter().position(|(kept_id, _)| *kept_id == id)?;
     kept.remove(at)
         .map(|(_, exception)| exception.into_bound(py).into_any())
@@ -99,7 +99,7 @@ pub(crate) fn hook_failure(py: Python<'_>, hook: &str, err: PyErr) -> Error {
         err.value(py),
         std::process::id()
     );
-    let mut kept = HOOK_EXCEPTIONS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut kept = sync::lock(&HOOK_EXCEPTIONS);
     if kept.len() == KEPT_HOOK_EXCEPTIONS {
         kept.pop_front();
     }

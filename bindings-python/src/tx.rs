@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
-use microcluster::{Error, Tx, Value};
+use microcluster::{Error, Tx, Value, sync};
 use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -40,7 +40,7 @@ impl PyTx {
                 "A Tx can only be used on the thread of its transaction function",
             )),
             true => {
-                let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
+                let lent = sync::lock(&self.lent);
                 match lent.as_ref() {
                     None => Err(Error::invalid(
                         "The Tx was used after its transaction function returned",
@@ -58,7 +58,7 @@ impl PyTx {
         };
         result.map_err(|err| {
             let exception = to_py(py, err.clone());
-            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            *sync::lock(&self.failure) =
                 Some((err, exception.value(py).clone().into_any().unbind()));
             exception
         })
@@ -188,19 +188,15 @@ impl TxFunction {
                 .map_err(|err| Error::internal(format!("Cannot create the Tx: {err}")))?;
                 let result = func.call1(py, (&handle,));
                 let handle = handle.get();
-                *handle.lent.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                let failure = handle
-                    .failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
+                *sync::lock(&handle.lent) = None;
+                let failure = sync::lock(&handle.failure).take();
                 match result {
                     Ok(value) => Ok(value),
                     Err(err) => match failure {
                         Some((core, exception)) if err.value(py).is(&exception) => Err(core),
                         _ => {
                             let message = err.to_string();
-                            *raised.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+                            *sync::lock(&raised) = Some(err);
                             Err(Error::internal(message))
                         }
                     },
@@ -217,12 +213,6 @@ impl TxFunction {
     /// The transaction's outcome for Python: the function's result, the exception it raised,
     /// or the core error as a `microcluster` exception.
     pub(crate) fn result(self, result: PyResult<Py<PyAny>>) -> PyResult<Py<PyAny>> {
-        result.map_err(|err| {
-            self.raised
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or(err)
-        })
+        result.map_err(|err| sync::lock(&self.raised).take().unwrap_or(err))
     }
 }

@@ -15,6 +15,7 @@ use crate::client::Client;
 use crate::daemon::{self, Running};
 use crate::db::{ReadMode, Tx, tx};
 use crate::state_dir::StateDir;
+use crate::sync;
 use crate::types::{ClusterMember, Control, Server, TokenRecord, TokenRequest};
 use crate::{Error, ErrorKind, Result, certs, runtime};
 
@@ -107,27 +108,19 @@ impl App {
         let running = self.running.clone();
         let result = runtime::run(async move {
             daemon::run(state_dir, socket_group, args, |handle| {
-                *running
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
+                *sync::lock(&running) = Some(handle);
             })
             .await
         })
         .await;
-        *self
-            .running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *sync::lock(&self.running) = None;
         result
     }
 
     /// Shuts the daemon down (SPEC §15) and waits until [`App::start`] has returned. A daemon
     /// started by another process on this state directory is asked through its control socket.
     pub async fn stop(&self) -> Result<()> {
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        let running = sync::lock(&self.running)
             .as_ref()
             .map(|running| (running.daemon.clone(), running.stopped.clone()));
         match running {
@@ -351,9 +344,7 @@ impl App {
 
     /// The daemon running in this process, if any.
     fn daemon(&self) -> Result<Arc<crate::daemon::Daemon>> {
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::lock(&self.running)
             .as_ref()
             .map(|running| running.daemon.clone())
             .ok_or_else(|| Error::unavailable("The daemon is not running in this process"))

@@ -3,6 +3,7 @@
 //! A client keeps its connections open and reuses them. Every request has a deadline (30 s by
 //! default). Error envelopes become [`Error`]s with the status the server sent.
 
+use crate::sync;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -264,11 +265,7 @@ impl Client {
     }
 
     fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = sync::lock(&self.inner.idle);
         while let Some(sender) = idle.pop() {
             if sender.is_ready() {
                 return Some(sender);
@@ -278,11 +275,7 @@ impl Client {
     }
 
     fn put_idle(&self, sender: SendRequest<Full<Bytes>>) {
-        let mut idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = sync::lock(&self.inner.idle);
         if !sender.is_closed() && idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push(sender);
         }

@@ -21,6 +21,7 @@ use crate::member_config::MemberConfig;
 use crate::rest::tls::CertificateSlot;
 use crate::rest::{endpoints, router::Router, server, tls};
 use crate::state_dir::StateDir;
+use crate::sync;
 use crate::trust::Truststore;
 use crate::types::Server;
 use crate::{Error, Result, api_extensions, control_socket};
@@ -172,10 +173,7 @@ impl Daemon {
 
     /// The state of the database.
     pub fn database_state(&self) -> DatabaseState {
-        *self
-            .database
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        *sync::read(&self.database)
     }
 
     /// Whether the member at `address` answers `GET /core/1.0/ready` within `timeout` (this
@@ -196,10 +194,7 @@ impl Daemon {
 
     /// Records that `names` answered a heartbeat at `at`.
     pub fn record_seen(&self, names: &std::collections::BTreeSet<String>, at: std::time::Instant) {
-        let mut seen = self
-            .last_seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = sync::lock(&self.last_seen);
         for name in names {
             seen.insert(name.clone(), at);
         }
@@ -207,10 +202,7 @@ impl Daemon {
 
     /// The members that answered a heartbeat within `window` (SPEC §8.2 "online").
     pub fn online_members(&self, window: Duration) -> std::collections::BTreeSet<String> {
-        let seen = self
-            .last_seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let seen = sync::lock(&self.last_seen);
         seen.iter()
             .filter(|(_, at)| at.elapsed() <= window)
             .map(|(name, _)| name.clone())
@@ -224,18 +216,13 @@ impl Daemon {
 
     /// Sets the state of the database.
     pub fn set_database_state(&self, state: DatabaseState) {
-        *self
-            .database
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+        *sync::write(&self.database) = state;
     }
 
     /// The database, in whatever state it is (the Raft transport serves it while it starts);
     /// 503 with the state text when there is none.
     pub fn database(&self) -> Result<Arc<Database>> {
-        self.db
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::read(&self.db)
             .clone()
             .ok_or_else(|| Error::unavailable(self.database_state().text()))
     }
@@ -271,10 +258,7 @@ impl Daemon {
             )
             .await?,
         );
-        *self
-            .db
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(database.clone());
+        *sync::write(&self.db) = Some(database.clone());
         self.spawn_leadership_log(&database);
         self.track_member(tokio::spawn(crate::membership::heartbeat::run(
             self.clone(),
@@ -444,10 +428,7 @@ impl Daemon {
 
     /// This member's configuration (`daemon.yaml`), once initialised.
     pub fn member_config(&self) -> Option<MemberConfig> {
-        self.member
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        sync::read(&self.member).clone()
     }
 
     /// This member's address, once initialised.
@@ -523,10 +504,7 @@ impl Daemon {
 
     /// Sets this member's configuration (at bootstrap and join).
     pub fn set_member(&self, member: Option<MemberConfig>) {
-        *self
-            .member
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = member;
+        *sync::write(&self.member) = member;
     }
 
     /// Starts the core HTTPS listener on the member address, presenting the cluster
@@ -539,10 +517,7 @@ impl Daemon {
             &self.state_dir.cluster_key(),
         )?;
         let slot = CertificateSlot::new(&cluster)?;
-        *self
-            .cluster_certificate
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(slot.clone());
+        *sync::lock(&self.cluster_certificate) = Some(slot.clone());
         let tls = tls::server_config(slot)?;
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -586,10 +561,7 @@ impl Daemon {
     pub async fn apply_extension_listeners(self: &Arc<Self>, member: &MemberConfig) -> Result<()> {
         let wanted = self.extension_addresses(member);
         let stale: Vec<ExtensionListener> = {
-            let mut running = self
-                .extension_listeners
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut running = sync::lock(&self.extension_listeners);
             let names: Vec<String> = running
                 .iter()
                 .filter(|(name, listener)| wanted.get(*name) != Some(&listener.address))
@@ -604,11 +576,7 @@ impl Daemon {
             stop_listener(listener).await;
         }
         for (name, address) in wanted {
-            let running = self
-                .extension_listeners
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .contains_key(&name);
+            let running = sync::lock(&self.extension_listeners).contains_key(&name);
             if !running {
                 self.start_extension_listener(&name, &address).await?;
             }
@@ -644,18 +612,15 @@ impl Daemon {
             tls,
             stop.clone(),
         ));
-        self.extension_listeners
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(
-                name.to_string(),
-                ExtensionListener {
-                    address: address.to_string(),
-                    certificate,
-                    stop,
-                    task,
-                },
-            );
+        sync::lock(&self.extension_listeners).insert(
+            name.to_string(),
+            ExtensionListener {
+                address: address.to_string(),
+                certificate,
+                stop,
+                task,
+            },
+        );
         Ok(())
     }
 
@@ -670,9 +635,7 @@ impl Daemon {
         if cert.exists() {
             return CertificateSlot::new(&certs::load_pair(&cert, &key)?);
         }
-        self.cluster_certificate
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::lock(&self.cluster_certificate)
             .clone()
             .ok_or_else(|| Error::internal("The cluster certificate is not loaded"))
     }
@@ -685,11 +648,7 @@ impl Daemon {
         name: &str,
         identity: &certs::CertKeyPair,
     ) -> Result<()> {
-        let cluster = self
-            .cluster_certificate
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let cluster = sync::lock(&self.cluster_certificate).clone();
         if name == "cluster" {
             return match cluster {
                 Some(slot) => slot.replace(identity),
@@ -697,10 +656,7 @@ impl Daemon {
             };
         }
         let shared = {
-            let mut listeners = self
-                .extension_listeners
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut listeners = sync::lock(&self.extension_listeners);
             let shares_cluster = |listener: &ExtensionListener| {
                 cluster
                     .as_ref()
@@ -723,29 +679,18 @@ impl Daemon {
 
     /// The token that stops the member-scoped services.
     pub(crate) fn member_token(&self) -> CancellationToken {
-        self.member_services
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .0
-            .child_token()
+        sync::lock(&self.member_services).0.child_token()
     }
 
     fn track_member(&self, task: JoinHandle<()>) {
-        self.member_services
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .1
-            .push(task);
+        sync::lock(&self.member_services).1.push(task);
     }
 
     /// Stops the core listener and the database and forgets the database; the member can be
     /// initialised again afterwards (reset, rollback of a failed init).
     pub async fn stop_member_services(&self) {
         let (token, tasks) = {
-            let mut services = self
-                .member_services
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut services = sync::lock(&self.member_services);
             let fresh = (self.services.child_token(), Vec::new());
             std::mem::replace(&mut *services, fresh)
         };
@@ -762,30 +707,18 @@ impl Daemon {
                 }
             }
         }
-        let listeners = std::mem::take(
-            &mut *self
-                .extension_listeners
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        let listeners = std::mem::take(&mut *sync::lock(&self.extension_listeners));
         for listener in listeners.into_values() {
             stop_listener(listener).await;
         }
-        let database = self
-            .db
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let database = sync::write(&self.db).take();
         if let Some(database) = database {
             database.shutdown().await;
         }
     }
 
     fn track(&self, task: JoinHandle<()>) {
-        self.service_tasks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(task);
+        sync::lock(&self.service_tasks).push(task);
     }
 
     fn spawn_truststore_watcher(self: &Arc<Self>) {
@@ -844,22 +777,14 @@ impl Daemon {
     pub async fn stop_services(&self) -> Result<()> {
         crate::membership::handover::hand_over_leadership(self).await;
         self.services.cancel();
-        let tasks = std::mem::take(
-            &mut *self
-                .service_tasks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        let tasks = std::mem::take(&mut *sync::lock(&self.service_tasks));
         for task in tasks {
             if let Err(err) = task.await {
                 tracing::warn!("A service task failed while stopping: {err}");
             }
         }
         self.stop_member_services().await;
-        let mut database = self
-            .database
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut database = sync::write(&self.database);
         if *database != DatabaseState::NotInitialized {
             *database = DatabaseState::Offline;
         }
@@ -869,12 +794,7 @@ impl Daemon {
     /// Tells the daemon to close the control socket and return once `when_sent` fires (or is
     /// dropped), at most a few seconds later.
     pub fn finish_after(&self, when_sent: oneshot::Receiver<()>) {
-        if let Some(finish) = self
-            .finish
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-        {
+        if let Some(finish) = sync::lock(&self.finish).take() {
             let _ = finish.send(when_sent);
         }
     }

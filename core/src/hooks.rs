@@ -4,6 +4,7 @@
 //! Hooks return boxed futures so that one trait object serves Rust, C, Python and Node
 //! applications alike; every method has a default that succeeds and does nothing.
 
+use crate::sync;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
@@ -480,13 +481,13 @@ pub struct HookGate(std::sync::RwLock<bool>);
 impl HookGate {
     /// Closes the gate, waiting for running hooks to return.
     pub fn close(&self) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = true;
+        *sync::write(&self.0) = true;
     }
 
     /// Holds the gate open while `what` (a hook, an endpoint) runs; `Unavailable` once
     /// closed.
     fn enter(&self, what: &str) -> Result<std::sync::RwLockReadGuard<'_, bool>> {
-        let closed = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let closed = sync::read(&self.0);
         match *closed {
             true => Err(Error::unavailable(format!(
                 "{what} was not run: the app was stopped"

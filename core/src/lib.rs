@@ -24,6 +24,7 @@ mod rest;
 pub mod runtime;
 mod spawned;
 pub mod state_dir;
+pub mod sync;
 pub mod token;
 pub mod trust;
 pub mod types;

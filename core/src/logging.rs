@@ -10,6 +10,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
+use crate::sync;
 use crate::{Error, Result};
 
 /// The severity of a log event; a sink set for a level gets that level and the ones above.
@@ -110,7 +111,7 @@ pub fn set_log_sink(sink: Option<LogSink>, max_level: LogLevel) -> Result<()> {
                 format!("Another logger is installed in this process: {err}"),
             )
         })?;
-    *route().write().unwrap_or_else(|p| p.into_inner()) = sink.map(|sink| (sink, max_level));
+    *sync::write(route()) = sink.map(|sink| (sink, max_level));
     Ok(())
 }
 
@@ -120,7 +121,7 @@ struct SinkLayer;
 impl<S: Subscriber> Layer<S> for SinkLayer {
     fn on_event(&self, event: &Event<'_>, _context: Context<'_, S>) {
         let level = LogLevel::of(event.metadata().level());
-        let sink = match &*route().read().unwrap_or_else(|p| p.into_inner()) {
+        let sink = match &*sync::read(route()) {
             Some((sink, max_level)) if level <= *max_level => sink.clone(),
             _ => return,
         };

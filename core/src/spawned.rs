@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::app::{App, DaemonArgs};
+use crate::sync;
 use crate::{Error, Result, runtime};
 
 /// How long [`Spawned::stop`] keeps asking a daemon that is still starting to stop.
@@ -32,7 +33,7 @@ impl<T: Clone> DaemonSlot<T> {
     /// Spawns the daemon of `app` with `args` and keeps `companion` beside it, unless the
     /// daemon started last still runs (`Conflict`).
     pub fn start(&self, app: &Arc<App>, args: DaemonArgs, companion: T) -> Result<()> {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = sync::lock(&self.0);
         if slot
             .as_ref()
             .is_some_and(|(spawned, _)| !spawned.has_ended())
@@ -48,7 +49,7 @@ impl<T: Clone> DaemonSlot<T> {
 
     /// The daemon started last and its companion, if any.
     pub fn current(&self) -> Option<(Spawned, T)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        sync::lock(&self.0).clone()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The truststore (SPEC §2.2, §4): one `<name>.yaml` per trusted member, indexed in memory by
 //! name, certificate fingerprint and address, and reloaded when another writer changes it.
 
+use crate::sync;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -214,15 +215,11 @@ impl Truststore {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Index> {
-        self.index
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::read(&self.index)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Index> {
-        self.index
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::write(&self.index)
     }
 }
 

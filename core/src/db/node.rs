@@ -3,6 +3,7 @@
 //! waiting until the local state machine is at least as fresh as the leader's commit
 //! (read index).
 
+use crate::sync;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -237,10 +238,7 @@ impl Database {
     /// the cluster certificate).
     pub fn set_cluster_certificate(&self, cluster_cert_pem: String) {
         self.network.set_cluster_certificate(cluster_cert_pem);
-        self.leaders
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
+        sync::lock(&self.leaders).clear();
     }
 
     /// The current leader's id and node, if one is known.
@@ -366,10 +364,7 @@ impl Database {
         timeout: Duration,
     ) -> Result<T> {
         let client = {
-            let mut leaders = self
-                .leaders
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut leaders = sync::lock(&self.leaders);
             match leaders.get(address) {
                 Some(client) => client.clone(),
                 None => {
@@ -486,10 +481,7 @@ impl Database {
     /// A pooled connection opened in `generation`, or a new one.
     fn take_connection(&self, generation: u64) -> Result<Connection> {
         let pooled = {
-            let mut pool = self
-                .pool
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut pool = sync::lock(&self.pool);
             pool.retain(|(opened_in, _)| *opened_in == generation);
             pool.pop()
         };
@@ -501,10 +493,7 @@ impl Database {
     }
 
     fn return_connection(&self, generation: u64, conn: Connection) {
-        let mut pool = self
-            .pool
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pool = sync::lock(&self.pool);
         if pool.len() < MAX_POOLED_CONNECTIONS {
             pool.push((generation, conn));
         }

@@ -23,7 +23,7 @@ use super::node::Database;
 use super::raft::state_machine::{self, INTERNAL_TABLE_PREFIX, Turn, WriteGate};
 use super::raft::{Command, CommandResult};
 use super::sql_text;
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result, sync};
 
 /// The default time a transaction may take, retries included (SPEC §11.1).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -156,7 +156,7 @@ impl Observed {
     /// Waits for the write turn, unless the run has it already. A statement that writes asks
     /// the authorizer when it is prepared, so before it writes.
     fn take_turn(&self) {
-        let mut turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut turn = sync::lock(&self.turn);
         if turn.is_none() {
             *turn = Some(self.gate.turn());
         }
@@ -164,11 +164,11 @@ impl Observed {
 
     /// Gives the write turn back, if the run took it.
     fn give_turn_back(&self) {
-        drop(self.turn.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(sync::lock(&self.turn).take());
     }
 
     fn refuse(&self, why: &'static str) -> Authorization {
-        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        *sync::lock(&self.refused) = Some(why);
         Authorization::Deny
     }
 
@@ -182,10 +182,7 @@ impl Observed {
                     && !internal(table_name)
                     && !self.closure_done.load(Ordering::SeqCst)
                 {
-                    self.read_tables
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(table_name.to_string());
+                    sync::lock(&self.read_tables).insert(table_name.to_string());
                 }
                 Authorization::Allow
             }
@@ -277,15 +274,10 @@ where
     let mut changeset = Vec::new();
     session.changeset_strm(&mut changeset).map_err(internal)?;
     drop(session);
-    if let Some(why) = *observed.refused.lock().unwrap_or_else(|p| p.into_inner()) {
+    if let Some(why) = *sync::lock(&observed.refused) {
         result = Err(Error::invalid(why));
     }
-    let read_tables = std::mem::take(
-        &mut *observed
-            .read_tables
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-    );
+    let read_tables = std::mem::take(&mut *sync::lock(&observed.read_tables));
     Ok(Run {
         result,
         base,

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::access::Origin;
 use super::envelope::Response;
 use crate::daemon::Daemon;
+use crate::sync;
 use crate::{Error, Result};
 
 /// The future a handler returns.
@@ -68,7 +69,7 @@ impl UpgradeSlot {
 
     /// The upgrade, unless it was taken already.
     pub fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+        sync::lock(&self.0).take()
     }
 }
 

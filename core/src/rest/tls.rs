@@ -14,6 +14,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::certs::{self, CertKeyPair};
+use crate::sync;
 use crate::{Error, Result};
 
 /// TLS 1.3 preferred, 1.2 the minimum (SPEC §4).
@@ -184,7 +185,7 @@ impl CertificateSlot {
     /// Presents `identity` from the next handshake on.
     pub fn replace(&self, identity: &CertKeyPair) -> Result<()> {
         let key = certs::certified_key(identity)?;
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        *sync::write(&self.0) = key;
         Ok(())
     }
 }
@@ -194,7 +195,7 @@ impl rustls::server::ResolvesServerCert for CertificateSlot {
         &self,
         _client_hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(sync::read(&self.0).clone())
     }
 }
 

@@ -34,8 +34,9 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{CommittedLeaderId, Entry, LogId, OptionalSend, StorageIOError, Vote};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::sqlite::{Kind, OrFail, Res, Worker, decode, encode, lock, read_meta, write_meta};
+use super::sqlite::{Kind, OrFail, Res, Worker, decode, encode, read_meta, write_meta};
 use super::{NodeId, TypeConfig};
+use crate::sync::lock;
 
 const READ_LOGS: Kind = StorageIOError::read_logs;
 const WRITE_LOGS: Kind = StorageIOError::write_logs;

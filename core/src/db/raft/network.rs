@@ -7,6 +7,7 @@
 //! known to serialize with self-describing formats). Failures to reach a peer are reported as
 //! `Unreachable` so openraft backs off; other transport failures as `Network`.
 
+use crate::sync;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,19 +106,13 @@ impl Network {
 
     /// The credentials members are reached with now.
     pub fn credentials(&self) -> Arc<PeerCredentials> {
-        self.credentials
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        sync::read(&self.credentials).clone()
     }
 
     /// Pins `cluster_cert_pem` from now on; connections made before are replaced at their next
     /// request.
     pub fn set_cluster_certificate(&self, cluster_cert_pem: String) {
-        let mut credentials = self
-            .credentials
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut credentials = sync::write(&self.credentials);
         *credentials = Arc::new(PeerCredentials {
             identity: credentials.identity.clone(),
             cluster_cert_pem,

@@ -2,7 +2,7 @@
 //! connection (SQLite never runs on the async executor), key-value metadata encoded with
 //! `postcard`, and the mapping of failures to openraft's storage errors.
 
-use std::sync::{Mutex, MutexGuard, mpsc};
+use std::sync::mpsc;
 
 use openraft::{AnyError, StorageIOError};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -11,14 +11,6 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use super::{NodeId, StorageError};
-
-/// Locks `mutex`, also after a holder panicked: the data behind the library's mutexes is
-/// changed by single assignments or calls that do not panic halfway, so it stays consistent.
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The constructor of the storage error of one subject, such as `StorageIOError::read_logs`.
 pub(super) type Kind = fn(AnyError) -> StorageIOError<NodeId>;

@@ -15,6 +15,7 @@
 //! a few at a time, unless someone on this member waits for them. Whatever this member
 //! reads or writes next sees them first.
 
+use crate::sync::{self, lock};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::watch;
 
 use super::changeset::{self, ChangesetApplier, Outcome};
-use super::sqlite::{Kind, OrFail, Res, Worker, lock, read_meta, write_meta};
+use super::sqlite::{Kind, OrFail, Res, Worker, read_meta, write_meta};
 use super::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 
 /// Prefix of the library's own bookkeeping tables inside the state machine database.
@@ -604,10 +605,7 @@ impl WriteGate {
         let gate = &self.0;
         let mut taken = lock(&gate.taken);
         while *taken {
-            taken = gate
-                .given_back
-                .wait(taken)
-                .unwrap_or_else(|p| p.into_inner());
+            taken = sync::wait(&gate.given_back, taken);
         }
         *taken = true;
         Turn(self.clone())
@@ -615,14 +613,14 @@ impl WriteGate {
 
     /// Uses the database file alongside other connections until the guard is dropped.
     pub fn share_file(&self) -> RwLockReadGuard<'_, ()> {
-        self.0.file.read().unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.0.file)
     }
 
     /// Waits until no other connection uses the database file, and keeps it so until the
     /// guard is dropped. Connections opened before are outdated from now on, whether the
     /// file is then replaced or not.
     fn replace_file(&self) -> RwLockWriteGuard<'_, ()> {
-        let guard = self.0.file.write().unwrap_or_else(|p| p.into_inner());
+        let guard = sync::write(&self.0.file);
         self.0.generation.fetch_add(1, Ordering::SeqCst);
         guard
     }
