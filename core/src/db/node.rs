@@ -488,6 +488,7 @@ impl Database {
         match pooled {
             Some((_, conn)) => Ok(conn),
             None => state_machine::open_reader(&self.dir)
+                .and_then(|mut conn| super::tx::install_authorizer(&mut conn).map(|()| conn))
                 .map_err(|err| Error::internal(format!("Failed to open the database: {err}"))),
         }
     }
