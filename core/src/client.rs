@@ -3,7 +3,6 @@
 //! A client keeps its connections open and reuses them. Every request has a deadline (30 s by
 //! default). Error envelopes become [`Error`]s with the status the server sent.
 
-use crate::sync;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +22,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::certs::CertKeyPair;
 use crate::rest::tls;
+use crate::sync;
 use crate::{Error, ErrorKind, Result, validate};
 
 /// HTTP methods, for [`Client::query`].

@@ -4,7 +4,6 @@
 //! Hooks return boxed futures so that one trait object serves Rust, C, Python and Node
 //! applications alike; every method has a default that succeeds and does nothing.
 
-use crate::sync;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
@@ -22,6 +21,7 @@ use crate::client::Client;
 use crate::daemon::{Daemon, DatabaseState};
 use crate::db::{ReadMode, Tx, tx};
 use crate::member_config::MemberConfig;
+use crate::sync;
 use crate::types::{ClusterMember, ClusterMemberLocal};
 use crate::{Error, Result};
 

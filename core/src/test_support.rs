@@ -2,6 +2,7 @@
 //! feature, the acceptance tests and the C ABI's tests. Not part of the library's API.
 
 use crate::sync;
+
 /// A free TCP address on 127.0.0.1 (the port is released before it is returned), never one
 /// this test process was given before: the kernel may hand a just-released port out again,
 /// and two members of one test must not share an address.

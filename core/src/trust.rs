@@ -1,7 +1,6 @@
 //! The truststore (SPEC §2.2, §4): one `<name>.yaml` per trusted member, indexed in memory by
 //! name, certificate fingerprint and address, and reloaded when another writer changes it.
 
-use crate::sync;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -13,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::certs;
 use crate::error::{Error, Result, ResultExt};
 use crate::state_dir::write_atomic;
+use crate::sync;
 use crate::validate;
 
 /// Mode of a truststore file.

@@ -3,7 +3,6 @@
 //! waiting until the local state machine is at least as fresh as the leader's commit
 //! (read index).
 
-use crate::sync;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -24,6 +23,7 @@ use super::raft::state_machine::{self, StateMachine, WriteGate};
 use super::raft::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 use crate::client::Client;
 use crate::error::panic_message;
+use crate::sync;
 use crate::{Error, ErrorKind, Result};
 
 /// Path of the RPC that proposes a command on the leader (SPEC §5.9: "any further endpoints

@@ -7,7 +7,6 @@
 //! known to serialize with self-describing formats). Failures to reach a peer are reported as
 //! `Unreachable` so openraft backs off; other transport failures as `Network`.
 
-use crate::sync;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use super::{MemberNode, NodeId, TypeConfig};
 use crate::certs::CertKeyPair;
 use crate::client::Client;
 use crate::rest::server::MAX_BODY_BYTES;
+use crate::sync;
 use crate::{Error, ErrorKind, Result};
 
 /// Path of the append-entries (and heartbeat) RPC.

@@ -15,7 +15,6 @@
 //! a few at a time, unless someone on this member waits for them. Whatever this member
 //! reads or writes next sees them first.
 
-use crate::sync::{self, lock};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -33,6 +32,7 @@ use tokio::sync::watch;
 use super::changeset::{self, ChangesetApplier, Outcome};
 use super::sqlite::{Kind, OrFail, Res, Worker, read_meta, write_meta};
 use super::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
+use crate::sync::{self, lock};
 
 /// Prefix of the library's own bookkeeping tables inside the state machine database.
 pub const INTERNAL_TABLE_PREFIX: &str = "_microcluster_";
