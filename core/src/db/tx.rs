@@ -21,6 +21,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, Params};
 
 use super::node::Database;
+use super::raft::sqlite::run_cached;
 use super::raft::state_machine::{self, INTERNAL_TABLE_PREFIX, Turn, WriteGate};
 use super::raft::{Command, CommandResult};
 use super::sql_text;
@@ -261,14 +262,6 @@ impl Drop for Observing {
         let before = self.0.take();
         OBSERVER.with(|observer| *observer.borrow_mut() = before);
     }
-}
-
-/// Runs one of the library's own statements (transaction control) from the connection's
-/// statement cache.
-fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)
-        .and_then(|mut statement| statement.execute([]))
-        .map(drop)
 }
 
 /// Runs `f` once on `conn` inside `BEGIN … ROLLBACK` and captures what it did. The run takes

@@ -34,7 +34,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{CommittedLeaderId, Entry, LogId, OptionalSend, StorageIOError, Vote};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::sqlite::{Kind, OrFail, Res, Worker, decode, encode, read_meta, write_meta};
+use super::sqlite::{Kind, OrFail, Res, Worker, WriteTx, decode, encode, read_meta, write_meta};
 use super::{NodeId, TypeConfig};
 use crate::sync::lock;
 
@@ -235,8 +235,8 @@ struct LogWriter {
 
 impl LogWriter {
     /// Runs `write` in one transaction (so one fsync) together with the pending committed id.
-    fn transaction<T>(&mut self, write: impl FnOnce(&rusqlite::Transaction) -> Res<T>) -> Res<T> {
-        let tx = self.conn.transaction().or_fail(WRITE_LOGS)?;
+    fn transaction<T>(&mut self, write: impl FnOnce(&Connection) -> Res<T>) -> Res<T> {
+        let tx = WriteTx::begin(&self.conn).or_fail(WRITE_LOGS)?;
         let written = write(&tx)?;
         // Only an id whose entry is on disk once this commits: the id may have been saved
         // after a quorum of other members acknowledged an entry whose own append still waits

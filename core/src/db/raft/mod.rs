@@ -13,7 +13,7 @@ pub mod local_view;
 pub mod log_store;
 pub mod network;
 pub(crate) mod recovery;
-mod sqlite;
+pub(crate) mod sqlite;
 pub mod state_machine;
 
 #[cfg(test)]

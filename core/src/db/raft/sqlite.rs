@@ -71,6 +71,52 @@ pub(super) fn write_meta<T: Serialize>(
     Ok(())
 }
 
+/// Runs one of the library's own statements (transaction control) from the connection's
+/// statement cache: `execute_batch` would compile it at every use.
+pub(crate) fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([]))
+        .map(drop)
+}
+
+/// A write transaction whose `BEGIN` and `COMMIT` come from the statement cache. rusqlite's
+/// `Transaction` compiles both at every use: about 7 % of the state machine thread's time with
+/// one writer. Rolled back if dropped before [`WriteTx::commit`].
+pub(super) struct WriteTx<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> WriteTx<'c> {
+    /// Begins with `BEGIN IMMEDIATE`: the write lock is taken before the first read, so a
+    /// write cannot fail later because another connection wrote in between.
+    pub(super) fn begin(conn: &'c Connection) -> rusqlite::Result<WriteTx<'c>> {
+        run_cached(conn, "BEGIN IMMEDIATE")?;
+        Ok(WriteTx { conn })
+    }
+
+    /// Commits.
+    pub(super) fn commit(self) -> rusqlite::Result<()> {
+        run_cached(self.conn, "COMMIT")
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if !self.conn.is_autocommit() {
+            // A failure leaves the transaction open; the next BEGIN then reports it.
+            let _ = run_cached(self.conn, "ROLLBACK");
+        }
+    }
+}
+
 /// The error of a call to a thread that has stopped.
 fn stopped(kind: Kind) -> StorageError {
     StorageError::from(kind(AnyError::error("the database thread stopped")))
@@ -148,5 +194,46 @@ impl<S: Send + 'static> Worker<S> {
             }
         });
         self.jobs.send(job).map_err(|_| stopped(kind))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    fn rows(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_write_transaction_commits_or_rolls_back_when_dropped() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+            .unwrap();
+        let tx = WriteTx::begin(&conn).unwrap();
+        tx.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        drop(tx);
+        assert!(conn.is_autocommit());
+        assert_eq!(rows(&conn), 0);
+
+        for k in [2, 3] {
+            let tx = WriteTx::begin(&conn).unwrap();
+            tx.execute("INSERT INTO t VALUES (?1)", [k]).unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(conn.is_autocommit());
+        assert_eq!(rows(&conn), 2);
+        // Both ends come from the statement cache, compiled once.
+        for sql in ["BEGIN IMMEDIATE", "COMMIT"] {
+            let statement = conn.prepare_cached(sql).unwrap();
+            assert_eq!(statement.get_status(StatementStatus::RePrepare), 0);
+            assert_eq!(
+                statement.get_status(StatementStatus::Run),
+                3 - i32::from(sql == "COMMIT")
+            );
+        }
     }
 }

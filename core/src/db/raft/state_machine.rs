@@ -30,7 +30,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::watch;
 
 use super::changeset::{self, ChangesetApplier, Outcome};
-use super::sqlite::{Kind, OrFail, Res, Worker, read_meta, write_meta};
+use super::sqlite::{Kind, OrFail, Res, Worker, WriteTx, read_meta, write_meta};
 use super::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 use crate::sync::{self, lock};
 
@@ -203,10 +203,7 @@ impl Db {
         // IMMEDIATE: take the write lock before reading, so a transaction's connection that
         // wrote in between can only make us wait, never fail (a deferred transaction would get
         // SQLITE_BUSY_SNAPSHOT, which stops the Raft node).
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .or_fail(WRITE_SM)?;
+        let tx = WriteTx::begin(&self.conn).or_fail(WRITE_SM)?;
         self.applier.begin(&tx).or_fail(WRITE_SM)?;
         let mut results = Vec::with_capacity(entries.len());
         let mut last = None;
@@ -264,7 +261,7 @@ impl Db {
     /// which makes every transaction based before it conflict.
     fn apply_recorded(
         settings: &SettingsGuard,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Connection,
         applier: &mut ChangesetApplier,
         last_writes: &mut LastWrites,
         index: u64,
@@ -369,7 +366,7 @@ struct LastWrites {
 
 impl LastWrites {
     /// The index of the last write of `table`, if any.
-    fn get(&mut self, tx: &rusqlite::Transaction<'_>, table: &str) -> Res<Option<u64>> {
+    fn get(&mut self, tx: &Connection, table: &str) -> Res<Option<u64>> {
         if let Some((index, _)) = self.known.get(table) {
             return Ok(*index);
         }
@@ -388,7 +385,7 @@ impl LastWrites {
     }
 
     /// Writes the recorded writes into `_microcluster_table_writes`.
-    fn save(self, tx: &rusqlite::Transaction<'_>) -> Res<()> {
+    fn save(self, tx: &Connection) -> Res<()> {
         for (table, (index, written)) in self.known {
             if let (Some(index), true) = (index, written) {
                 tx.prepare_cached(
@@ -405,7 +402,7 @@ impl LastWrites {
 /// Applies one command. Conflicts and SQL failures undo what the command did and are answered,
 /// not raised: they are deterministic outcomes of the log.
 fn apply_command(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     applier: &mut ChangesetApplier,
     guard: &SettingsGuard,
     last_writes: &mut LastWrites,
@@ -506,7 +503,7 @@ impl SettingsGuard {
 /// [`SETTABLE_PRAGMAS`]), and the ones it may set end with the entry. Foreign keys that the
 /// entry leaves dangling fail it, as they would fail a `COMMIT`.
 fn apply_sql(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     applier: &mut ChangesetApplier,
     guard: &SettingsGuard,
     sql: &str,
