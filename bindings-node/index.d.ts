@@ -128,6 +128,15 @@ export interface EndpointRequest {
  */
 export type EndpointHandler = (request: EndpointRequest) => unknown | Promise<unknown>
 
+/**
+ * A custom access check (SPEC §13): runs after the trust decision, before `?target=`
+ * forwarding and the handler, with the same request the handler gets. `true` lets the request
+ * on; `false` answers 403 `not authorized` without running the handler; throwing (or
+ * rejecting) answers as a handler's error does (`code: 'MC_FORBIDDEN'` → 403, …); any other
+ * result answers 500.
+ */
+export type AccessHandler = (request: EndpointRequest) => boolean | Promise<boolean>
+
 /** A handler with its own flags, for one method of an {@link Endpoint}. */
 export interface EndpointAction {
   handler: EndpointHandler
@@ -135,6 +144,8 @@ export interface EndpointAction {
   allowUntrusted?: boolean
   /** Forwards `?target=<member>` requests to that member over mTLS (default: the endpoint's). */
   proxyTarget?: boolean
+  /** Checks each request before the handler (default: the endpoint's). */
+  accessHandler?: AccessHandler
 }
 
 /** A REST resource of an {@link ExtensionServer}. */
@@ -149,6 +160,8 @@ export interface Endpoint {
   allowUntrusted?: boolean
   /** Default for the methods given as plain handlers. */
   proxyTarget?: boolean
+  /** Default for the methods given as plain handlers. */
+  accessHandler?: AccessHandler
   /** Further paths serving the same methods. */
   aliases?: string[]
   /** Served while the database is not online. */

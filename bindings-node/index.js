@@ -88,7 +88,7 @@ class State {
   async transaction (fn) { return transact((f) => this.#native.transaction(f), fn) }
 }
 
-const METHOD_FLAGS = ['allowUntrusted', 'proxyTarget']
+const METHOD_FLAGS = ['allowUntrusted', 'proxyTarget', 'accessHandler']
 
 /** `value` as plain JSON (what `JSON.stringify` keeps; `undefined` becomes `null`). */
 function plainJson (value) {
@@ -100,8 +100,9 @@ const DEFAULT_SERVER = 'app'
 
 /**
  * Core's JSON description of `servers` (ServerSpec list) and the one dispatcher that answers
- * every endpoint: it calls the handler of (server, endpoint, method) with the request and
- * resolves with `{ ok }` or `{ error: { message, status, code } }` (never rejects).
+ * every endpoint: it calls the handler of (server, endpoint, method) — or, with `access`, its
+ * access handler — with the request and resolves with `{ ok }` or
+ * `{ error: { message, status, code } }` (never rejects).
  */
 function compileServers (servers) {
   if (!Array.isArray(servers)) throw new TypeError('extensionServers must be an array')
@@ -116,15 +117,20 @@ function compileServers (servers) {
         if (typeof handler !== 'function') {
           throw new TypeError(`The ${method} handler of endpoint ${name} must be a function`)
         }
+        for (const flag of Object.keys(flags)) {
+          if (!METHOD_FLAGS.includes(flag)) throw new TypeError(`Unknown option ${flag} of the ${method} handler of endpoint ${name}`)
+        }
+        const accessHandler = flags.accessHandler ?? endpoint.accessHandler
+        if (accessHandler != null && typeof accessHandler !== 'function') {
+          throw new TypeError(`The accessHandler of the ${method} handler of endpoint ${name} must be a function`)
+        }
         const upper = method.toUpperCase()
         methods[upper] = {
           allow_untrusted: Boolean(flags.allowUntrusted ?? endpoint.allowUntrusted),
           proxy_target: Boolean(flags.proxyTarget ?? endpoint.proxyTarget),
+          access_handler: typeof accessHandler === 'function',
         }
-        for (const flag of Object.keys(flags)) {
-          if (!METHOD_FLAGS.includes(flag)) throw new TypeError(`Unknown option ${flag} of the ${method} handler of endpoint ${name}`)
-        }
-        handlers.set(key(server.name, name, upper), handler)
+        handlers.set(key(server.name, name, upper), { handler, accessHandler })
       }
       return {
         name,
@@ -145,11 +151,13 @@ function compileServers (servers) {
       resources: [{ path_prefix: server.pathPrefix ?? '1.0', endpoints }],
     }
   })
-  const dispatch = async (nativeState, server, endpoint, request) => {
+  const dispatch = async (nativeState, server, endpoint, request, access) => {
     try {
-      const handler = handlers.get(key(server, endpoint, request.method))
-      if (handler === undefined) {
-        throw Object.assign(new Error(`No ${request.method} handler for endpoint ${endpoint}`), { code: 'MC_NOT_FOUND' })
+      const action = handlers.get(key(server, endpoint, request.method))
+      const handler = access ? action?.accessHandler : action?.handler
+      if (typeof handler !== 'function') {
+        const what = access ? 'access handler' : 'handler'
+        throw Object.assign(new Error(`No ${request.method} ${what} for endpoint ${endpoint}`), { code: 'MC_NOT_FOUND' })
       }
       return { ok: plainJson(await handler({ ...request, state: new State(nativeState) })) }
     } catch (err) {

@@ -184,6 +184,26 @@ typedef int (*mc_endpoint_fn)(void *userdata,
                               struct mc_error **err);
 
 /**
+ * The custom access check of extension endpoint actions declared with `"access_handler":
+ * true` in `"extension_servers"` (SPEC §13), one function for all of them, with the arguments
+ * of `mc_endpoint_fn`. It runs after the trust decision (so `request_json`'s `"trusted"` is
+ * known), before `?target=` forwarding and the endpoint handler.
+ *
+ * Return 0 with `*allowed` set: non-zero lets the request on, 0 answers 403 `not authorized`
+ * (`*allowed` starts at 0). Return non-zero to answer with the error stored by
+ * `mc_error_set(err, code, message)`, as `mc_endpoint_fn` does (without one, 500).
+ *
+ * Runs like a hook (see `mc_hooks`), on a library thread; it may block.
+ */
+typedef int (*mc_endpoint_access_fn)(void *userdata,
+                                     const struct mc_state *state,
+                                     const char *server,
+                                     const char *endpoint,
+                                     const char *request_json,
+                                     int *allowed,
+                                     struct mc_error **err);
+
+/**
  * The application's lifecycle hooks (SPEC §10): each optional (NULL: nothing to do). Pass it
  * to `mc_app_start`, which copies the struct; zero-initialise it (`mc_hooks hooks = {0};`) and
  * set the hooks you need.
@@ -258,6 +278,11 @@ typedef struct mc_hooks {
      * is given `"extension_servers"`.
      */
     mc_endpoint_fn endpoint;
+    /**
+     * Checks access to the extension endpoint actions declared with `"access_handler": true`
+     * (see `mc_endpoint_access_fn`); required when any is.
+     */
+    mc_endpoint_access_fn endpoint_access;
 } mc_hooks;
 
 /**
@@ -355,7 +380,9 @@ void mc_app_free(struct mc_app *app);
  * "dedicated_certificate": false, "resources": [{"path_prefix": "1.0", "endpoints": [{"name":
  * "hello", "path": "hello/{who}", "aliases": [], "allowed_before_init": false,
  * "allowed_during_shutdown": false, "methods": {"GET": {"allow_untrusted": false,
- * "proxy_target": true}}}]}]}]` (every key but `name` optional). A server breaking the rules of
+ * "proxy_target": true, "access_handler": false}}}]}]}]` (every key but `name` optional). An
+ * action with `"access_handler": true` is first checked by `hooks->endpoint_access` (see
+ * `mc_endpoint_access_fn`), which is then required. A server breaking the rules of
  * SPEC §13.2 makes the daemon fail at start (`mc_app_ready`/`mc_app_wait` report it). `hooks` may be NULL (no hooks); the struct is copied, and its
  * `userdata` must stay valid until `mc_app_stop`, `mc_app_wait` or `mc_app_free` has returned.
  * Fails with `MC_ERR_CONFLICT` when a daemon started by this app is still running.

@@ -69,10 +69,10 @@ pub struct StartOptions {
     /// The extension servers as core's JSON description (`ServerSpec` list), built by the
     /// facade from `endpoints`.
     pub extension_servers: Option<String>,
-    /// Answers every extension endpoint (the facade's dispatcher); required with
-    /// `extension_servers`.
+    /// Answers every extension endpoint and, with `access`, runs its access handler (the
+    /// facade's dispatcher); required with `extension_servers`.
     #[napi(
-        ts_type = "(state: State, server: string, endpoint: string, request: object) => Promise<object>"
+        ts_type = "(state: State, server: string, endpoint: string, request: object, access: boolean) => Promise<object>"
     )]
     pub endpoint_handler: Option<EndpointFunction>,
 }

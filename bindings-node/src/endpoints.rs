@@ -1,6 +1,7 @@
-//! Extension endpoints answered by JavaScript: core's `BlockingEndpoints` calling the one
-//! dispatcher the `index.js` facade built from the application's servers, through a weak,
-//! non-error-first ThreadsafeFunction whose Promise the blocking thread waits for.
+//! Extension endpoints answered (and their access checked) by JavaScript: core's
+//! `BlockingEndpoints` calling the one dispatcher the `index.js` facade built from the
+//! application's servers, through a weak, non-error-first ThreadsafeFunction whose Promise the
+//! blocking thread waits for.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,16 +15,20 @@ use serde_json::Value;
 
 use crate::hooks::JsState;
 
-/// The dispatcher as the addon receives it: `(state, server, endpoint, request) =>
-/// Promise<{ ok } | { error: { message, status?, code? } }>` (the facade never rejects).
+/// The dispatcher as the addon receives it: `(state, server, endpoint, request, access) =>
+/// Promise<{ ok } | { error: { message, status?, code? } }>` (the facade never rejects), where
+/// `access` asks for the action's access handler instead of its handler.
 pub(crate) type EndpointFunction = ThreadsafeFunction<
-    FnArgs<(JsState, String, String, Value)>,
+    FnArgs<DispatchArgs>,
     Promise<Value>,
-    FnArgs<(JsState, String, String, Value)>,
+    FnArgs<DispatchArgs>,
     Status,
     false,
     true,
 >;
+
+/// The dispatcher's arguments: state, server, endpoint, request and whether to check access.
+type DispatchArgs = (JsState, String, String, Value, bool);
 
 /// Core's [`BlockingEndpoints`] over the JavaScript dispatcher; refuses to call JavaScript
 /// once `closed` is set (by `app.stop()`).
@@ -40,12 +45,52 @@ impl JsEndpoints {
             closed,
         }
     }
+
+    /// What the handler (or, with `access`, the access handler) of `endpoint` resolved with,
+    /// on a blocking thread of core's runtime (see `BlockingEndpoints`): waiting is allowed.
+    fn dispatch(
+        &self,
+        state: &State,
+        server: &str,
+        endpoint: &str,
+        request: EndpointRequest,
+        access: bool,
+    ) -> microcluster::Result<Value> {
+        let what = if access {
+            format!("The access handler of the {endpoint} endpoint")
+        } else {
+            format!("The {endpoint} endpoint")
+        };
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::unavailable(format!(
+                "{what} was not run: the app was stopped"
+            )));
+        }
+        let args = FnArgs::from((
+            JsState::new(state.clone()),
+            server.to_string(),
+            endpoint.to_string(),
+            request.to_json(),
+            access,
+        ));
+        let dispatch = self.dispatch.clone();
+        let outcome = tokio::runtime::Handle::current().block_on(async move {
+            let settled = dispatch.call_async_catch(args).await?;
+            settled.await
+        });
+        let outcome =
+            outcome.map_err(|err| Error::internal(format!("{what} failed: {}", err.reason)))?;
+        match outcome.get("error") {
+            Some(error) => Err(failure(&what, error)),
+            None => Ok(outcome.get("ok").cloned().unwrap_or(Value::Null)),
+        }
+    }
 }
 
-/// The core error for the facade's `{ error: { message, status, code } }`: an HTTP error
-/// status (400–599) is kept, else a `code` naming a core kind (`MC_NOT_FOUND` or
-/// `NOT_FOUND`) gives its status, else it is a 500.
-fn failure(endpoint: &str, error: &Value) -> Error {
+/// The core error for the facade's `{ error: { message, status, code } }` of `what` (the
+/// endpoint or its access handler): an HTTP error status (400–599) is kept, else a `code`
+/// naming a core kind (`MC_NOT_FOUND` or `NOT_FOUND`) gives its status, else it is a 500.
+fn failure(what: &str, error: &Value) -> Error {
     let message = error["message"].as_str().unwrap_or_default().to_string();
     let status = error["status"]
         .as_u64()
@@ -58,7 +103,7 @@ fn failure(endpoint: &str, error: &Value) -> Error {
     match (status, kind) {
         (Some(status), _) => Error::from_status(status, message),
         (None, Some(kind)) => Error::new(kind, message),
-        (None, None) => Error::internal(format!("The {endpoint} endpoint failed: {message}")),
+        (None, None) => Error::internal(format!("{what} failed: {message}")),
     }
 }
 
@@ -70,30 +115,21 @@ impl BlockingEndpoints for JsEndpoints {
         endpoint: &str,
         request: EndpointRequest,
     ) -> microcluster::Result<Value> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::unavailable(format!(
-                "The {endpoint} endpoint was not run: the app was stopped"
-            )));
-        }
-        let failed = |err: napi::Error| {
-            Error::internal(format!("The {endpoint} endpoint failed: {}", err.reason))
-        };
-        let args = FnArgs::from((
-            JsState::new(state.clone()),
-            server.to_string(),
-            endpoint.to_string(),
-            request.to_json(),
-        ));
-        let dispatch = self.dispatch.clone();
-        // A blocking thread of core's runtime (see `BlockingEndpoints`): waiting is allowed.
-        let outcome = tokio::runtime::Handle::current().block_on(async move {
-            let settled = dispatch.call_async_catch(args).await?;
-            settled.await
-        });
-        let outcome = outcome.map_err(failed)?;
-        match outcome.get("error") {
-            Some(error) => Err(failure(endpoint, error)),
-            None => Ok(outcome.get("ok").cloned().unwrap_or(Value::Null)),
-        }
+        self.dispatch(state, server, endpoint, request, false)
+    }
+
+    fn access(
+        &self,
+        state: &State,
+        server: &str,
+        endpoint: &str,
+        request: EndpointRequest,
+    ) -> microcluster::Result<bool> {
+        let allowed = self.dispatch(state, server, endpoint, request, true)?;
+        allowed.as_bool().ok_or_else(|| {
+            Error::internal(format!(
+                "The access handler of the {endpoint} endpoint returned {allowed}, not a boolean"
+            ))
+        })
     }
 }

@@ -140,3 +140,78 @@ test('plain endpoints are served under /1.0/ next to extension servers', async (
     await app.stop()
   }
 })
+
+test('access handlers decide whether a request reaches its handler', async () => {
+  const ran = [] // the handlers that ran
+  const checked = [] // what the access handlers of door/{who} saw
+  const door = async ({ state, method, vars, trusted, caller }) => {
+    checked.push({ member: state.name, method, who: vars.who, trusted, caller: caller.kind })
+    if (vars.who === 'mallory') throw Object.assign(new Error('mallory is banned'), { code: 'MC_FORBIDDEN' })
+    if (vars.who === 'oops') throw new Error('the guard fell asleep')
+    if (vars.who === 'odd') return 'yes'
+    return vars.who === 'ann'
+  }
+  const hasKey = ({ query }) => query.some(([key, value]) => key === 'key' && value === 's3cret')
+  const app = await App.open({ stateDir: await tempDir() })
+  try {
+    await app.start({
+      version: '1.0',
+      endpoints: [
+        { path: 'door/{who}', name: 'door', methods: { GET: { accessHandler: door, handler: ({ vars }) => { ran.push(vars.who); return `welcome ${vars.who}` } } } },
+        {
+          path: 'vault',
+          allowUntrusted: true,
+          accessHandler: hasKey,
+          methods: {
+            GET: () => { ran.push('vault GET'); return 'gold' },
+            PUT: { accessHandler: () => true, handler: () => { ran.push('vault PUT'); return 'stored' } },
+          },
+        },
+      ],
+    })
+    await app.ready({ timeoutMs: 60000 })
+    const address = `127.0.0.1:${await freePort()}`
+    await app.newCluster('m1', address)
+
+    // true lets the request on; the access handler gets the handler's request, state included.
+    assert.equal(await app.query('GET', '/1.0/door/ann'), 'welcome ann')
+    assert.deepEqual(checked, [{ member: 'm1', method: 'GET', who: 'ann', trusted: true, caller: 'control_socket' }])
+    // false answers 403 `not authorized`; an error answers as a handler's would. The handler never runs.
+    await assert.rejects(app.query('GET', '/1.0/door/eve'), { code: 'MC_FORBIDDEN', message: /not authorized/ })
+    await assert.rejects(app.query('GET', '/1.0/door/mallory'), { code: 'MC_FORBIDDEN', message: /mallory is banned/ })
+    await assert.rejects(app.query('GET', '/1.0/door/oops'),
+      { code: 'MC_INTERNAL', message: /access handler of the door endpoint failed: the guard fell asleep/ })
+    await assert.rejects(app.query('GET', '/1.0/door/odd'),
+      { code: 'MC_INTERNAL', message: /access handler of the door endpoint returned "yes", not a boolean/ })
+    assert.deepEqual(ran, ['ann'])
+    assert.equal(checked.length, 5)
+
+    // The endpoint's accessHandler applies to its plain handlers; an action's own overrides it.
+    await assert.rejects(app.query('GET', '/1.0/vault'), { code: 'MC_FORBIDDEN', message: /not authorized/ })
+    assert.equal(await app.query('GET', '/1.0/vault?key=s3cret'), 'gold')
+    assert.equal(await app.query('PUT', '/1.0/vault', {}), 'stored')
+    assert.deepEqual(ran, ['ann', 'vault GET', 'vault PUT'])
+
+    // Untrusted network callers: the access handler runs for them where allowUntrusted lets
+    // them through, and not at all where the trust decision already refused them.
+    const [refused, envelope] = await untrusted(address, 'GET', '/1.0/vault')
+    assert.deepEqual([refused, envelope.error], [403, 'not authorized'])
+    const [status, answer] = await untrusted(address, 'GET', '/1.0/vault?key=s3cret')
+    assert.deepEqual([status, answer.metadata], [200, 'gold'])
+    assert.equal((await untrusted(address, 'GET', '/1.0/door/ann'))[0], 403)
+    assert.equal(checked.length, 5)
+    assert.deepEqual(ran, ['ann', 'vault GET', 'vault PUT', 'vault GET'])
+  } finally {
+    await app.stop()
+  }
+})
+
+test('a non-function accessHandler is refused at start', async () => {
+  const app = await App.open({ stateDir: await tempDir() })
+  const start = (endpoint) => app.start({ version: '1.0', extensionServers: [{ name: 'e.example.com', endpoints: [{ path: 'x', ...endpoint }] }] })
+  await assert.rejects(start({ methods: { GET: { handler: () => 1, accessHandler: true } } }),
+    { name: 'TypeError', message: /accessHandler of the GET handler of endpoint x must be a function/ })
+  await assert.rejects(start({ accessHandler: 'admins only', methods: { POST: () => 1 } }),
+    { name: 'TypeError', message: /accessHandler of the POST handler of endpoint x must be a function/ })
+  await assert.rejects(app.status(), { code: 'MC_UNAVAILABLE' })
+})

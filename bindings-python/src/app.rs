@@ -113,11 +113,12 @@ impl PyApp {
         let extension_servers = match (extension_servers, endpoints) {
             (None, None) => Vec::new(),
             (servers, endpoints) => {
-                let (specs, dispatch): (String, Py<PyAny>) = py
+                let (specs, dispatch, access): (String, Py<PyAny>, Py<PyAny>) = py
                     .import("microcluster._endpoints")?
                     .call_method1("compile_servers", (servers, endpoints))?
                     .extract()?;
-                let dispatch: Arc<dyn BlockingEndpoints> = Arc::new(PyEndpoints::new(dispatch));
+                let dispatch: Arc<dyn BlockingEndpoints> =
+                    Arc::new(PyEndpoints::new(dispatch, access));
                 ServerSpec::parse_list(&specs)
                     .and_then(|specs| ServerSpec::build_all(specs, dispatch, gate.clone()))
                     .map_err(|err| to_py(py, err))?

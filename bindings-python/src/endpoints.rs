@@ -1,5 +1,6 @@
-//! Extension endpoints answered by Python: core's `BlockingEndpoints` calling the one
-//! dispatcher that `microcluster._endpoints.compile` built from the application's servers.
+//! Extension endpoints answered by Python: core's `BlockingEndpoints` calling the two
+//! dispatchers that `microcluster._endpoints.compile_servers` built from the application's
+//! servers, one for the handlers and one for the access handlers.
 
 use microcluster::extensions::{BlockingEndpoints, EndpointRequest};
 use microcluster::{Error, ErrorKind, State};
@@ -9,35 +10,46 @@ use serde_json::Value;
 use crate::hooks::PyState;
 use crate::json;
 
-/// The Python dispatcher: `dispatch(state, server, endpoint, request) -> str`, the JSON text
-/// of the handler's answer.
+/// The Python dispatchers, both called as `(state, server, endpoint, request)`: `dispatch`
+/// returns the JSON text of the handler's answer, `access` the access handler's `bool`.
 pub(crate) struct PyEndpoints {
     dispatch: Py<PyAny>,
+    access: Py<PyAny>,
 }
 
 impl PyEndpoints {
-    /// Wraps `dispatch`.
-    pub(crate) fn new(dispatch: Py<PyAny>) -> PyEndpoints {
-        PyEndpoints { dispatch }
+    /// Wraps `dispatch` and `access`.
+    pub(crate) fn new(dispatch: Py<PyAny>, access: Py<PyAny>) -> PyEndpoints {
+        PyEndpoints { dispatch, access }
     }
 
-    /// Calls the dispatcher and decodes the JSON it returns.
-    fn run(
-        &self,
-        py: Python<'_>,
+    /// Calls `dispatcher(state, server, endpoint, request)` with the interpreter attached and
+    /// turns its result into a `T` with `decode`; an exception (also one `decode` raises)
+    /// becomes the core error [`handler_failure`] makes of it.
+    fn invoke<T>(
+        dispatcher: &Py<PyAny>,
         state: &State,
         server: &str,
         endpoint: &str,
         request: &EndpointRequest,
-    ) -> PyResult<Value> {
-        let request = json::to_python(py, &request.to_json())?;
-        let state = PyState::new(state.clone());
-        let text: String = self
-            .dispatch
-            .call1(py, (state, server, endpoint, request))?
-            .extract(py)?;
-        serde_json::from_str(&text)
-            .map_err(|err| pyo3::exceptions::PyValueError::new_err(err.to_string()))
+        decode: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<T>,
+    ) -> microcluster::Result<T> {
+        Python::try_attach(|py| {
+            let run = || {
+                let request = json::to_python(py, &request.to_json())?;
+                let state = PyState::new(state.clone());
+                let result = dispatcher
+                    .bind(py)
+                    .call1((state, server, endpoint, request))?;
+                decode(&result)
+            };
+            run().map_err(|err| handler_failure(py, endpoint, err))
+        })
+        .unwrap_or_else(|| {
+            Err(Error::unavailable(
+                "The Python interpreter is shutting down",
+            ))
+        })
     }
 }
 
@@ -75,14 +87,23 @@ impl BlockingEndpoints for PyEndpoints {
         endpoint: &str,
         request: EndpointRequest,
     ) -> microcluster::Result<Value> {
-        Python::try_attach(|py| {
-            self.run(py, state, server, endpoint, &request)
-                .map_err(|err| handler_failure(py, endpoint, err))
+        Self::invoke(&self.dispatch, state, server, endpoint, &request, |text| {
+            serde_json::from_str(&text.extract::<String>()?)
+                .map_err(|err| pyo3::exceptions::PyValueError::new_err(err.to_string()))
         })
-        .unwrap_or_else(|| {
-            Err(Error::unavailable(
-                "The Python interpreter is shutting down",
-            ))
+    }
+
+    /// The Python `access` dispatcher already answers a 500 naming the endpoint when the access
+    /// handler returns anything but a `bool`, so extracting it here does not fail in practice.
+    fn access(
+        &self,
+        state: &State,
+        server: &str,
+        endpoint: &str,
+        request: EndpointRequest,
+    ) -> microcluster::Result<bool> {
+        Self::invoke(&self.access, state, server, endpoint, &request, |allowed| {
+            allowed.extract()
         })
     }
 }

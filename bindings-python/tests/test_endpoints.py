@@ -216,3 +216,114 @@ def test_plain_endpoints_are_served_under_1_0(tmp_path):
         with pytest.raises(microcluster.ForbiddenError, match="members only") as refused:
             app.query("GET", "/1.0/secret")
         assert isinstance(refused.value, PermissionError)
+
+
+def test_access_handlers_decide_before_the_handler(tmp_path):
+    """An access handler runs before the handler: False answers 403 ``not authorized``, an
+    exception answers like a handler's, True (also from ``async def``) lets the handler run;
+    an Endpoint's access_handler applies to its plain handlers, not to its Actions."""
+    ran: list[str] = []
+    checked: list[tuple[str, bool]] = []
+
+    def handler(request: microcluster.Request) -> str:
+        ran.append(request.path)
+        return "done"
+
+    def by_param(request: microcluster.Request) -> Any:
+        checked.append((request.state.name, request.trusted))
+        answer = request.param("answer")
+        if answer == "forbidden":
+            raise microcluster.ForbiddenError("no")
+        if answer == "invalid":
+            raise microcluster.InvalidArgumentError("bad answer")
+        if answer == "crash":
+            raise KeyError("lost")
+        if answer == "one":
+            return 1
+        return answer == "yes"
+
+    async def async_yes(request: microcluster.Request) -> bool:
+        return True
+
+    def no(request: microcluster.Request) -> bool:
+        return False
+
+    action = microcluster.Action
+    endpoints = [
+        microcluster.Endpoint("checked", {"GET": action(handler, access_handler=by_param)}),
+        microcluster.Endpoint("async", {"GET": action(handler, access_handler=async_yes)}),
+        microcluster.Endpoint(
+            "guarded", {"GET": handler, "PUT": action(handler)}, access_handler=no
+        ),
+    ]
+    with microcluster.App(tmp_path / "c1") as app:
+        app.start("1.0", endpoints=endpoints)
+        app.ready(timeout=60)
+        app.new_cluster("c1", free_address())
+
+        with pytest.raises(microcluster.ForbiddenError, match="not authorized"):
+            app.query("GET", "/1.0/checked?answer=no")
+        assert ran == []
+        assert checked == [("c1", True)]
+        with pytest.raises(microcluster.ForbiddenError, match="^no$"):
+            app.query("GET", "/1.0/checked?answer=forbidden")
+        with pytest.raises(microcluster.InvalidArgumentError, match="bad answer"):
+            app.query("GET", "/1.0/checked?answer=invalid")
+        with pytest.raises(microcluster.InternalError, match="raised KeyError: 'lost'"):
+            app.query("GET", "/1.0/checked?answer=crash")
+        with pytest.raises(
+            microcluster.InternalError,
+            match="The GET access handler of endpoint 'checked' returned int, not a bool",
+        ):
+            app.query("GET", "/1.0/checked?answer=one")
+        assert ran == []
+        assert app.query("GET", "/1.0/checked?answer=yes") == "done"
+        assert ran == ["/1.0/checked"]
+        assert app.query("GET", "/1.0/async") == "done"
+        assert ran == ["/1.0/checked", "/1.0/async"]
+
+        # The Endpoint's access handler guards its plain GET handler, not its PUT Action.
+        with pytest.raises(microcluster.ForbiddenError, match="not authorized"):
+            app.query("GET", "/1.0/guarded")
+        assert app.query("PUT", "/1.0/guarded") == "done"
+        assert ran == ["/1.0/checked", "/1.0/async", "/1.0/guarded"]
+
+
+def test_access_handlers_see_untrusted_callers(tmp_path):
+    """With allow_untrusted, the access handler still runs and decides for untrusted callers."""
+    seen: list[bool] = []
+
+    def members_or_yes(request: microcluster.Request) -> bool:
+        seen.append(request.trusted)
+        return request.trusted or request.param("answer") == "yes"
+
+    guarded = microcluster.Action(public, allow_untrusted=True, access_handler=members_or_yes)
+    with microcluster.App(tmp_path / "c1") as app:
+        app.start("1.0", endpoints=[endpoint({"GET": guarded})])
+        app.ready(timeout=60)
+        address = free_address()
+        app.new_cluster("c1", address)
+        status, answer = https(address, "GET", "/1.0/x")
+        assert status == 403, answer
+        assert answer["error"] == "not authorized"
+        status, answer = https(address, "GET", "/1.0/x?answer=yes")
+        assert status == 200, answer
+        assert answer["metadata"] == {"caller": "unknown", "trusted": False}
+        assert seen == [False, False]
+
+
+@pytest.mark.parametrize(
+    "bad_endpoint",
+    [
+        endpoint({"GET": microcluster.Action(public, access_handler=True)}),
+        microcluster.Endpoint("x", {"GET": public}, access_handler="yes"),
+    ],
+)
+def test_a_non_callable_access_handler_is_refused_at_start(tmp_path, bad_endpoint):
+    app = microcluster.App(tmp_path / "m")
+    with pytest.raises(
+        microcluster.InvalidArgumentError,
+        match="The GET access handler of endpoint 'x' is not callable",
+    ):
+        app.start("1.0", endpoints=[bad_endpoint])
+    app.stop()

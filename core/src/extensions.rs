@@ -619,6 +619,18 @@ pub trait BlockingEndpoints: Send + Sync + 'static {
         endpoint: &str,
         request: EndpointRequest,
     ) -> Result<Value>;
+
+    /// The custom access check of an action whose [`ActionSpec::access_handler`] is set: runs
+    /// after the trust decision, before `?target=` forwarding and the handler. `Ok(true)` lets
+    /// the request on, `Ok(false)` answers 403 `not authorized`, an error answers with its
+    /// status and message.
+    fn access(
+        &self,
+        state: &State,
+        server: &str,
+        endpoint: &str,
+        request: EndpointRequest,
+    ) -> Result<bool>;
 }
 
 /// The description of an extension server as data (JSON), for the bindings: the same fields as
@@ -679,6 +691,9 @@ pub struct ActionSpec {
     pub allow_untrusted: bool,
     /// See [`ExtensionAction::proxy_target`].
     pub proxy_target: bool,
+    /// Whether the dispatcher's [`BlockingEndpoints::access`] checks each request first (see
+    /// [`ExtensionAction::access_handler`]).
+    pub access_handler: bool,
 }
 
 impl ServerSpec {
@@ -788,17 +803,31 @@ fn blocking_action(
     gate: &Arc<HookGate>,
 ) -> ExtensionAction {
     let (server, endpoint) = (server.to_string(), endpoint.to_string());
-    let (dispatch, gate) = (dispatch.clone(), gate.clone());
-    let mut action = ExtensionAction::new(move |state, request| {
+    let mut action = {
         let (server, endpoint) = (server.clone(), endpoint.clone());
-        let dispatch = dispatch.clone();
-        let what = format!("The {endpoint} endpoint");
-        run_blocking(gate.clone(), what, move || {
-            dispatch
-                .call(&state, &server, &endpoint, request)
-                .map(Reply::Json)
+        let (dispatch, gate) = (dispatch.clone(), gate.clone());
+        ExtensionAction::new(move |state, request| {
+            let (server, endpoint) = (server.clone(), endpoint.clone());
+            let dispatch = dispatch.clone();
+            let what = format!("The {endpoint} endpoint");
+            run_blocking(gate.clone(), what, move || {
+                dispatch
+                    .call(&state, &server, &endpoint, request)
+                    .map(Reply::Json)
+            })
         })
-    });
+    };
+    if flags.access_handler {
+        let (dispatch, gate) = (dispatch.clone(), gate.clone());
+        action = action.access_handler(move |state, request| {
+            let (server, endpoint) = (server.clone(), endpoint.clone());
+            let dispatch = dispatch.clone();
+            let what = format!("The access handler of the {endpoint} endpoint");
+            run_blocking(gate.clone(), what, move || {
+                dispatch.access(&state, &server, &endpoint, request)
+            })
+        });
+    }
     action.allow_untrusted = flags.allow_untrusted;
     action.proxy_target = flags.proxy_target;
     action
@@ -951,6 +980,9 @@ mod tests {
             fn call(&self, _: &State, _: &str, _: &str, _: EndpointRequest) -> Result<Value> {
                 Ok(Value::Null)
             }
+            fn access(&self, _: &State, _: &str, _: &str, _: EndpointRequest) -> Result<bool> {
+                Ok(false)
+            }
         }
         let mut bad = specs.clone();
         bad[0].resources[0].endpoints[0]
@@ -970,9 +1002,19 @@ mod tests {
             err.message(),
             "Server \"ext.example.com\" has more than one endpoint named \"hello\""
         );
-        let built = ServerSpec::build_all(specs, Arc::new(Nothing), Arc::default()).unwrap();
+        let mut checked = specs.clone();
+        checked[0].resources[0].endpoints[0].methods.insert(
+            "POST".into(),
+            ActionSpec {
+                access_handler: true,
+                ..ActionSpec::default()
+            },
+        );
+        let built = ServerSpec::build_all(checked, Arc::new(Nothing), Arc::default()).unwrap();
         let endpoint = &built[0].resources[0].endpoints[0];
         assert!(endpoint.get.as_ref().unwrap().allow_untrusted);
-        assert!(endpoint.post.is_none());
+        assert!(endpoint.get.as_ref().unwrap().access_handler.is_none());
+        assert!(endpoint.post.as_ref().unwrap().access_handler.is_some());
+        assert!(endpoint.put.is_none());
     }
 }

@@ -223,6 +223,10 @@ static int noop_tx(void *userdata, mc_tx *tx, mc_error **err) {
     return 0;
 }
 
+static int endpoint(void *userdata, const mc_state *state, const char *server,
+                    const char *name, const char *request_json, char **response_json,
+                    mc_error **err);
+
 static void test_bad_input(const char *root) {
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s/bad", root);
@@ -342,6 +346,18 @@ static void test_bad_input(const char *root) {
                              "\"x.example.com\", \"resources\": [{\"path_prefix\": \"1.0\", "
                              "\"endpoints\": [{\"name\": \"e\", \"path\": \"e\"}]}]}]}",
                              NULL, &err_));
+    mc_hooks endpoint_only_hooks = {0};
+    endpoint_only_hooks.endpoint = endpoint;
+    EXPECT_FAIL("mc_app_start(an access-checked action without an access handler)",
+                MC_ERR_INVALID_ARGUMENT,
+                "Actions with \"access_handler\" need an access handler "
+                "(mc_hooks.endpoint_access)",
+                mc_app_start(app,
+                             "{\"version\": \"1.0\", \"extension_servers\": [{\"name\": "
+                             "\"x.example.com\", \"resources\": [{\"path_prefix\": \"1.0\", "
+                             "\"endpoints\": [{\"name\": \"e\", \"path\": \"e\", \"methods\": "
+                             "{\"GET\": {\"access_handler\": true}}}]}]}]}",
+                             &endpoint_only_hooks, &err_));
     EXPECT_FAIL("mc_app_new_cluster(config_json with a number)", MC_ERR_INVALID_ARGUMENT,
                 "Argument config_json is not valid: invalid type: integer `42`, expected a string",
                 mc_app_new_cluster(app, "c1", "127.0.0.1:1", "{\"answer\": 42}", &err_));
@@ -451,6 +467,8 @@ typedef struct member {
     /* A blocking mc_app_* call made from OnStart and from the endpoint handler: its result. */
     atomic_int on_start_probe;
     atomic_int endpoint_probe;
+    /* How often the handler of the access-checked endpoint ran. */
+    atomic_int guarded_calls;
     /* PreJoin fails while set. */
     atomic_int fail_pre_join;
     /* PreInit takes long while set: at least 2 s, and until `released` (guarded by `lock`). */
@@ -600,6 +618,11 @@ static int endpoint(void *userdata, const mc_state *state, const char *server,
     atomic_store(&m->endpoint_probe, (int)probe);
     mc_string_free(json);
     mc_error_free(probe_err);
+    if (strcmp(server, "mctest.example.com") == 0 && strcmp(name, "guarded") == 0) {
+        atomic_fetch_add(&m->guarded_calls, 1);
+        *response_json = mc_string_new("{\"guarded\":true}");
+        return 0;
+    }
     if (strcmp(server, "mctest.example.com") != 0 || strcmp(name, "echo") != 0) {
         mc_error_set(err, MC_ERR_INTERNAL, "unexpected server or endpoint");
         return 1;
@@ -628,6 +651,27 @@ static int endpoint(void *userdata, const mc_state *state, const char *server,
     return 0;
 }
 
+/*
+ * The access check of GET /1.0/guarded/{word}: "allow" lets it on, "refuse" answers 403 with
+ * a message of its own, anything else is not authorized.
+ */
+static int endpoint_access(void *userdata, const mc_state *state, const char *server,
+                           const char *name, const char *request_json, int *allowed,
+                           mc_error **err) {
+    (void)userdata;
+    (void)state;
+    if (strcmp(server, "mctest.example.com") != 0 || strcmp(name, "guarded") != 0) {
+        mc_error_set(err, MC_ERR_INTERNAL, "unexpected access check");
+        return 1;
+    }
+    if (contains(request_json, "\"vars\":{\"word\":\"refuse\"}")) {
+        mc_error_set(err, MC_ERR_FORBIDDEN, "refused by the access handler");
+        return 1;
+    }
+    *allowed = contains(request_json, "\"vars\":{\"word\":\"allow\"}");
+    return 0;
+}
+
 static const char *CLUSTER_ARGS =
     "{\"version\": \"1.0\", \"schema_updates\": ["
     "\"CREATE TABLE items (id INTEGER PRIMARY KEY, member TEXT NOT NULL, i INTEGER, r REAL,"
@@ -636,7 +680,9 @@ static const char *CLUSTER_ARGS =
     " \"extension_servers\": [{\"name\": \"mctest.example.com\", \"core_api\": true,"
     " \"serve_unix\": true, \"resources\": [{\"path_prefix\": \"1.0\", \"endpoints\": ["
     " {\"name\": \"echo\", \"path\": \"echo/{word}\", \"methods\": {"
-    " \"GET\": {\"proxy_target\": true}, \"POST\": {\"proxy_target\": true}}}]}]}]}";
+    " \"GET\": {\"proxy_target\": true}, \"POST\": {\"proxy_target\": true}}},"
+    " {\"name\": \"guarded\", \"path\": \"guarded/{word}\", \"methods\": {"
+    " \"GET\": {\"access_handler\": true}}}]}]}]}";
 
 /* Log events, from any library thread. */
 static atomic_int log_events;
@@ -875,6 +921,7 @@ static void test_cluster(const char *root) {
         hooks.post_remove = post_remove;
         hooks.on_daemon_config_update = on_daemon_config_update;
         hooks.endpoint = endpoint;
+        hooks.endpoint_access = endpoint_access;
         char what[64];
         snprintf(what, sizeof what, "mc_app_start %s", m->name);
         EXPECT_OK(what, mc_app_start(m->app, CLUSTER_ARGS, &hooks, &err_));
@@ -1096,6 +1143,24 @@ static void test_cluster(const char *root) {
     EXPECT_FAIL("an unknown ?target= is a 400 (SPEC 5.6)", MC_ERR_INVALID_ARGUMENT,
                 "Failed to get cluster member for request target name \"c7\"",
                 mc_app_query(c2->app, "GET", "/1.0/echo/x?target=c7", NULL, &json, &err_));
+
+    /* The access handler of GET /1.0/guarded/{word}, on c2's control socket. */
+    json = NULL;
+    err = NULL;
+    rc = mc_app_query(c2->app, "GET", "/1.0/guarded/allow", NULL, &json, &err);
+    if (expect_ok("GET /1.0/guarded/allow", rc, err)) {
+        check(contains(json, "\"guarded\":true"), json, "an allowed request reaches the handler");
+    }
+    mc_string_free(json);
+    EXPECT_FAIL("a request the access handler does not allow is a 403", MC_ERR_FORBIDDEN,
+                "not authorized",
+                mc_app_query(c2->app, "GET", "/1.0/guarded/other", NULL, &json, &err_));
+    EXPECT_FAIL("an access handler's error reaches the caller", MC_ERR_FORBIDDEN,
+                "refused by the access handler",
+                mc_app_query(c2->app, "GET", "/1.0/guarded/refuse", NULL, &json, &err_));
+    check(atomic_load(&c2->guarded_calls) == 1, NULL,
+          "the handler ran for the allowed request only (%d times)",
+          atomic_load(&c2->guarded_calls));
 
     /* Hook order, per member. */
     int ok1 = find_event(c1, 0, "OnStart", NULL) >= 0 &&

@@ -48,6 +48,16 @@ struct StartArgs {
     extension_servers: Vec<ServerSpec>,
 }
 
+/// Whether an action of `servers` asks for the access handler.
+fn any_access_handler(servers: &[ServerSpec]) -> bool {
+    servers
+        .iter()
+        .flat_map(|server| &server.resources)
+        .flat_map(|resource| &resource.endpoints)
+        .flat_map(|endpoint| endpoint.methods.values())
+        .any(|action| action.access_handler)
+}
+
 impl mc_app {
     /// Runs `f` with the app on the library's runtime and waits for it; on a library thread it
     /// fails with `MC_ERR_WOULD_BLOCK` instead.
@@ -187,7 +197,9 @@ pub unsafe extern "C" fn mc_app_free(app: *mut mc_app) {
 /// "dedicated_certificate": false, "resources": [{"path_prefix": "1.0", "endpoints": [{"name":
 /// "hello", "path": "hello/{who}", "aliases": [], "allowed_before_init": false,
 /// "allowed_during_shutdown": false, "methods": {"GET": {"allow_untrusted": false,
-/// "proxy_target": true}}}]}]}]` (every key but `name` optional). A server breaking the rules of
+/// "proxy_target": true, "access_handler": false}}}]}]}]` (every key but `name` optional). An
+/// action with `"access_handler": true` is first checked by `hooks->endpoint_access` (see
+/// `mc_endpoint_access_fn`), which is then required. A server breaking the rules of
 /// SPEC §13.2 makes the daemon fail at start (`mc_app_ready`/`mc_app_wait` report it). `hooks` may be NULL (no hooks); the struct is copied, and its
 /// `userdata` must stay valid until `mc_app_stop`, `mc_app_wait` or `mc_app_free` has returned.
 /// Fails with `MC_ERR_CONFLICT` when a daemon started by this app is still running.
@@ -214,6 +226,11 @@ pub unsafe extern "C" fn mc_app_start(
         let extension_servers = match (args.extension_servers.is_empty(), hooks) {
             (true, _) => Vec::new(),
             (false, Some(hooks)) if hooks.endpoint.is_some() => {
+                if hooks.endpoint_access.is_none() && any_access_handler(&args.extension_servers) {
+                    return Err(boundary::invalid(
+                        "Actions with \"access_handler\" need an access handler (mc_hooks.endpoint_access)",
+                    ));
+                }
                 let handler: Arc<dyn BlockingEndpoints> = Arc::new(CHooks::new(hooks));
                 ServerSpec::build_all(args.extension_servers, handler, gate.clone())?
             }

@@ -52,6 +52,28 @@ pub type mc_endpoint_fn = Option<
     ) -> c_int,
 >;
 
+/// The custom access check of extension endpoint actions declared with `"access_handler":
+/// true` in `"extension_servers"` (SPEC §13), one function for all of them, with the arguments
+/// of `mc_endpoint_fn`. It runs after the trust decision (so `request_json`'s `"trusted"` is
+/// known), before `?target=` forwarding and the endpoint handler.
+///
+/// Return 0 with `*allowed` set: non-zero lets the request on, 0 answers 403 `not authorized`
+/// (`*allowed` starts at 0). Return non-zero to answer with the error stored by
+/// `mc_error_set(err, code, message)`, as `mc_endpoint_fn` does (without one, 500).
+///
+/// Runs like a hook (see `mc_hooks`), on a library thread; it may block.
+pub type mc_endpoint_access_fn = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        state: *const mc_state,
+        server: *const c_char,
+        endpoint: *const c_char,
+        request_json: *const c_char,
+        allowed: *mut c_int,
+        err: *mut *mut mc_error,
+    ) -> c_int,
+>;
+
 /// The application's lifecycle hooks (SPEC §10): each optional (NULL: nothing to do). Pass it
 /// to `mc_app_start`, which copies the struct; zero-initialise it (`mc_hooks hooks = {0};`) and
 /// set the hooks you need.
@@ -103,6 +125,9 @@ pub struct mc_hooks {
     /// Answers every extension endpoint (see `mc_endpoint_fn`); required when `mc_app_start`
     /// is given `"extension_servers"`.
     pub endpoint: mc_endpoint_fn,
+    /// Checks access to the extension endpoint actions declared with `"access_handler": true`
+    /// (see `mc_endpoint_access_fn`); required when any is.
+    pub endpoint_access: mc_endpoint_access_fn,
 }
 
 /// What a hook or endpoint handler can see of its member. Valid only during the call.
@@ -211,6 +236,51 @@ impl BlockingHooks for CHooks {
 
 /// Core runs each request on a blocking thread while the app's gate is open; this calls the C
 /// endpoint handler.
+/// The C type of both endpoint callbacks: `mc_endpoint_fn` (`O` is the response) and
+/// `mc_endpoint_access_fn` (`O` is the verdict).
+type EndpointCallback<O> = unsafe extern "C" fn(
+    *mut c_void,
+    *const mc_state,
+    *const c_char,
+    *const c_char,
+    *const c_char,
+    *mut O,
+    *mut *mut mc_error,
+) -> c_int;
+
+impl CHooks {
+    /// Calls an endpoint callback with the C forms of the state, the names and the request,
+    /// which live across the call, and its out-parameter `out`.
+    fn call_endpoint_fn<O>(
+        &self,
+        what: &str,
+        callback: EndpointCallback<O>,
+        (state, server, endpoint): (&State, &str, &str),
+        request: &EndpointRequest,
+        out: &mut O,
+    ) -> Result<()> {
+        let c_state = mc_state::new(state);
+        let (c_server, c_endpoint) = (string_lossy(server), string_lossy(endpoint));
+        let request = string_lossy(&request.to_json().to_string());
+        let userdata = self.hooks.userdata;
+        callback_result(what, |err| {
+            // SAFETY: the C contract of `mc_endpoint_fn` and `mc_endpoint_access_fn`; the
+            // arguments live across the call.
+            unsafe {
+                callback(
+                    userdata,
+                    &c_state,
+                    c_server.as_ptr(),
+                    c_endpoint.as_ptr(),
+                    request.as_ptr(),
+                    out,
+                    err,
+                )
+            }
+        })
+    }
+}
+
 impl BlockingEndpoints for CHooks {
     fn call(
         &self,
@@ -225,25 +295,9 @@ impl BlockingEndpoints for CHooks {
             ));
         };
         let what = format!("The {endpoint} endpoint");
-        let c_state = mc_state::new(state);
-        let (c_server, c_endpoint) = (string_lossy(server), string_lossy(endpoint));
-        let request = string_lossy(&request.to_json().to_string());
-        let userdata = self.hooks.userdata;
         let mut response: *mut c_char = std::ptr::null_mut();
-        let result = callback_result(&what, |err| {
-            // SAFETY: the C contract of `mc_endpoint_fn`; the arguments live across the call.
-            unsafe {
-                handler(
-                    userdata,
-                    &c_state,
-                    c_server.as_ptr(),
-                    c_endpoint.as_ptr(),
-                    request.as_ptr(),
-                    &mut response,
-                    err,
-                )
-            }
-        });
+        let names = (state, server, endpoint);
+        let result = self.call_endpoint_fn(&what, handler, names, &request, &mut response);
         // SAFETY: the handler stored NULL or a string from `mc_string_new`, which we own now.
         let response = (!response.is_null()).then(|| unsafe { CString::from_raw(response) });
         result?;
@@ -254,5 +308,24 @@ impl BlockingEndpoints for CHooks {
             .map_err(|_| Error::internal(format!("{what} answered invalid UTF-8")))?;
         serde_json::from_str(text)
             .map_err(|err| Error::internal(format!("{what} answered invalid JSON: {err}")))
+    }
+
+    fn access(
+        &self,
+        state: &State,
+        server: &str,
+        endpoint: &str,
+        request: EndpointRequest,
+    ) -> Result<bool> {
+        let Some(check) = self.hooks.endpoint_access else {
+            return Err(Error::internal(
+                "No access handler was given (mc_hooks.endpoint_access)",
+            ));
+        };
+        let what = format!("The access handler of the {endpoint} endpoint");
+        let mut allowed: c_int = 0;
+        let names = (state, server, endpoint);
+        self.call_endpoint_fn(&what, check, names, &request, &mut allowed)?;
+        Ok(allowed != 0)
     }
 }

@@ -8,7 +8,7 @@ releases the GIL; ``AsyncApp`` offers the same as coroutines.
 """
 
 from ._async import AsyncApp
-from ._endpoints import Action, Endpoint, ExtensionServer, Handler, Request
+from ._endpoints import AccessHandler, Action, Endpoint, ExtensionServer, Handler, Request
 from ._hooks import Hook, Hooks
 from ._logging import log_to_logging
 from ._microcluster import App, State, Tx, __version__, set_log_handler
@@ -28,6 +28,7 @@ from .errors import (
 )
 
 __all__ = [
+    "AccessHandler",
     "Action",
     "App",
     "AsyncApp",

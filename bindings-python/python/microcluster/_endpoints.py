@@ -1,7 +1,8 @@
 """Extension endpoints (SPEC §13): application-defined REST endpoints answered by Python.
 
 An :class:`ExtensionServer` groups :class:`Endpoint` s under a path prefix; each endpoint maps
-HTTP methods to handlers ``handler(request) -> JSON-able`` (plain or ``async``). Give the
+HTTP methods to handlers ``handler(request) -> JSON-able`` (plain or ``async``), each optionally
+checked first by an access handler ``access_handler(request) -> bool``. Give the
 servers to ``App.start(..., extension_servers=[...])``, or give plain endpoints to
 ``App.start(..., endpoints=[...])`` (served under ``/1.0/`` on the member's listener and its
 control socket, by the server :data:`DEFAULT_SERVER`). This module only turns them into the
@@ -17,9 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._microcluster import State
-from .errors import InvalidArgumentError, NotFoundError
+from .errors import InternalError, InvalidArgumentError, NotFoundError
 
-__all__ = ["DEFAULT_SERVER", "Action", "Endpoint", "ExtensionServer", "Handler", "Request"]
+__all__ = [
+    "DEFAULT_SERVER",
+    "AccessHandler",
+    "Action",
+    "Endpoint",
+    "ExtensionServer",
+    "Handler",
+    "Request",
+]
 
 #: The name of the core-API server that serves ``App.start(..., endpoints=[...])``.
 DEFAULT_SERVER = "app"
@@ -65,6 +74,16 @@ It runs on a worker thread of the library, like a hook (``async def`` handlers r
 answers 500 with its type and message.
 """
 
+AccessHandler = Callable[[Request], bool | Awaitable[bool]]
+"""A custom access check: ``access_handler(request)`` returns whether the request may go on.
+
+It runs after the trust decision (an untrusted caller of an action without ``allow_untrusted``
+is refused before it), before ``?target=`` forwarding and the handler, on a worker thread like
+a handler (``async def`` works too). ``False`` answers 403 ``not authorized``; raising answers
+like a handler raising (``ForbiddenError`` 403 with its message, ``InvalidArgumentError`` 400,
+any other exception 500); returning anything but a ``bool`` answers 500.
+"""
+
 
 @dataclass(frozen=True)
 class Action:
@@ -75,6 +94,8 @@ class Action:
     """Lets callers that are not cluster members through."""
     proxy_target: bool = False
     """Forwards ``?target=<member>`` requests to that member (over mTLS)."""
+    access_handler: AccessHandler | None = None
+    """Checks each request first (see :data:`AccessHandler`)."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +104,9 @@ class Endpoint:
     ``"PATCH"`` to a handler or an :class:`Action`.
 
     ``path`` is relative to the server's ``path_prefix``; a ``{var}`` segment matches one
-    segment (``request.vars["var"]``). ``allow_untrusted`` and ``proxy_target`` apply to the
-    methods given as plain handlers. ``name`` (default: the path) identifies the endpoint in
-    errors and logs.
+    segment (``request.vars["var"]``). ``allow_untrusted``, ``proxy_target`` and
+    ``access_handler`` apply to the methods given as plain handlers. ``name`` (default: the
+    path) identifies the endpoint in errors and logs.
     """
 
     path: str
@@ -93,6 +114,7 @@ class Endpoint:
     name: str = ""
     allow_untrusted: bool = False
     proxy_target: bool = False
+    access_handler: AccessHandler | None = None
     aliases: Sequence[str] = ()
     allowed_before_init: bool = False
     allowed_during_shutdown: bool = False
@@ -120,20 +142,33 @@ class ExtensionServer:
 
 
 Dispatch = Callable[[State, str, str, dict[str, Any]], str]
+"""``dispatch(state, server, endpoint, request)``: the JSON text of the handler's answer."""
+Access = Callable[[State, str, str, dict[str, Any]], bool]
+"""``access(state, server, endpoint, request)``: the answer of the action's access handler."""
+
+
+def _run(function: Callable[[Request], Any], state: State, request: dict[str, Any]) -> Any:
+    """Calls a handler or access handler with the library's ``request``; awaits a coroutine."""
+    fields = dict(request, query=[tuple(pair) for pair in request["query"]])
+    result = function(Request(state=state, **fields))
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return result
 
 
 def compile_servers(
     servers: Sequence[ExtensionServer] | None, endpoints: Sequence[Endpoint] | None = None
-) -> tuple[str, Dispatch]:
+) -> tuple[str, Dispatch, Access]:
     """The library's JSON description of ``servers``, plus a core-API server
     :data:`DEFAULT_SERVER` under ``/1.0/`` (also on the control socket) for ``endpoints``,
-    and the dispatcher calling their handlers (used by ``App.start``). Raises
+    the dispatcher calling their handlers and the one calling their access handlers (used by
+    ``App.start``). Raises
     ``InvalidArgumentError`` for a malformed description; the library checks the rest (names,
     paths, methods) itself."""
     servers = list(servers or ())
     if endpoints:
         servers.append(ExtensionServer(DEFAULT_SERVER, list(endpoints), serve_unix=True))
-    handlers: dict[tuple[str, str, str], Handler] = {}
+    actions: dict[tuple[str, str, str], Action] = {}
     specs = []
     for server in servers:
         if not isinstance(server, ExtensionServer):
@@ -146,16 +181,27 @@ def compile_servers(
             methods = {}
             for method, action in endpoint.methods.items():
                 if not isinstance(action, Action):
-                    action = Action(action, endpoint.allow_untrusted, endpoint.proxy_target)
+                    action = Action(
+                        action,
+                        endpoint.allow_untrusted,
+                        endpoint.proxy_target,
+                        endpoint.access_handler,
+                    )
                 if not callable(action.handler):
                     raise InvalidArgumentError(
                         f"The {method} handler of endpoint {name!r} is not callable"
                     )
+                checked = action.access_handler is not None
+                if checked and not callable(action.access_handler):
+                    raise InvalidArgumentError(
+                        f"The {method} access handler of endpoint {name!r} is not callable"
+                    )
                 methods[method.upper()] = {
                     "allow_untrusted": action.allow_untrusted,
                     "proxy_target": action.proxy_target,
+                    "access_handler": checked,
                 }
-                handlers[(server.name, name, method.upper())] = action.handler
+                actions[(server.name, name, method.upper())] = action
             endpoint_specs.append(
                 {
                     "name": name,
@@ -178,14 +224,27 @@ def compile_servers(
             }
         )
 
-    def dispatch(state: State, server: str, endpoint: str, request: dict[str, Any]) -> str:
-        handler = handlers.get((server, endpoint, request["method"]))
-        if handler is None:
-            raise NotFoundError(f"No {request['method']} handler for endpoint {endpoint!r}")
-        request["query"] = [tuple(pair) for pair in request["query"]]
-        result = handler(Request(state=state, **request))
-        if inspect.iscoroutine(result):
-            result = asyncio.run(result)
-        return json.dumps(result)
+    def find(server: str, endpoint: str, method: str) -> Action:
+        action = actions.get((server, endpoint, method))
+        if action is None:
+            raise NotFoundError(f"No {method} handler for endpoint {endpoint!r}")
+        return action
 
-    return json.dumps(specs), dispatch
+    def dispatch(state: State, server: str, endpoint: str, request: dict[str, Any]) -> str:
+        action = find(server, endpoint, request["method"])
+        return json.dumps(_run(action.handler, state, request))
+
+    def access(state: State, server: str, endpoint: str, request: dict[str, Any]) -> bool:
+        method = request["method"]
+        check = find(server, endpoint, method).access_handler
+        if check is None:
+            raise NotFoundError(f"No {method} access handler for endpoint {endpoint!r}")
+        allowed = _run(check, state, request)
+        if not isinstance(allowed, bool):
+            raise InternalError(
+                f"The {method} access handler of endpoint {endpoint!r} returned "
+                f"{type(allowed).__name__}, not a bool"
+            )
+        return allowed
+
+    return json.dumps(specs), dispatch, access

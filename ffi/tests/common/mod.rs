@@ -267,6 +267,7 @@ pub fn no_hooks() -> mc_hooks {
         on_heartbeat: None,
         on_daemon_config_update: None,
         endpoint: None,
+        endpoint_access: None,
     }
 }
 
@@ -308,6 +309,7 @@ impl Recorder {
             on_heartbeat: None,
             on_daemon_config_update: Some(on_daemon_config_update),
             endpoint: None,
+            endpoint_access: None,
         }
     }
 
