@@ -802,35 +802,57 @@ fn blocking_action(
     dispatch: &Arc<dyn BlockingEndpoints>,
     gate: &Arc<HookGate>,
 ) -> ExtensionAction {
-    let (server, endpoint) = (server.to_string(), endpoint.to_string());
-    let mut action = {
-        let (server, endpoint) = (server.clone(), endpoint.clone());
-        let (dispatch, gate) = (dispatch.clone(), gate.clone());
-        ExtensionAction::new(move |state, request| {
-            let (server, endpoint) = (server.clone(), endpoint.clone());
-            let dispatch = dispatch.clone();
-            let what = format!("The {endpoint} endpoint");
-            run_blocking(gate.clone(), what, move || {
-                dispatch
-                    .call(&state, &server, &endpoint, request)
-                    .map(Reply::Json)
-            })
-        })
-    };
+    let names = (server, endpoint);
+    let mut action = ExtensionAction::new(on_blocking_thread(
+        dispatch,
+        gate,
+        names,
+        format!("The {endpoint} endpoint"),
+        |dispatch, state, server, endpoint, request| {
+            dispatch
+                .call(state, server, endpoint, request)
+                .map(Reply::Json)
+        },
+    ));
     if flags.access_handler {
-        let (dispatch, gate) = (dispatch.clone(), gate.clone());
-        action = action.access_handler(move |state, request| {
-            let (server, endpoint) = (server.clone(), endpoint.clone());
-            let dispatch = dispatch.clone();
-            let what = format!("The access handler of the {endpoint} endpoint");
-            run_blocking(gate.clone(), what, move || {
-                dispatch.access(&state, &server, &endpoint, request)
-            })
-        });
+        action = action.access_handler(on_blocking_thread(
+            dispatch,
+            gate,
+            names,
+            format!("The access handler of the {endpoint} endpoint"),
+            |dispatch, state, server, endpoint, request| {
+                dispatch.access(state, server, endpoint, request)
+            },
+        ));
     }
     action.allow_untrusted = flags.allow_untrusted;
     action.proxy_target = flags.proxy_target;
     action
+}
+
+/// A call of a [`BlockingEndpoints`] dispatcher: the handler or the access check.
+type DispatchCall<T> = fn(&dyn BlockingEndpoints, &State, &str, &str, EndpointRequest) -> Result<T>;
+
+/// An async function of (state, request) that makes `call` for the endpoint `names` (server,
+/// endpoint) on a blocking thread, while `gate` is open; `what` names it in errors.
+fn on_blocking_thread<T: Send + 'static>(
+    dispatch: &Arc<dyn BlockingEndpoints>,
+    gate: &Arc<HookGate>,
+    (server, endpoint): (&str, &str),
+    what: String,
+    call: DispatchCall<T>,
+) -> impl Fn(State, EndpointRequest) -> Pin<Box<dyn Future<Output = Result<T>> + Send>>
++ Send
++ Sync
++ 'static {
+    let (server, endpoint) = (server.to_string(), endpoint.to_string());
+    let (dispatch, gate) = (dispatch.clone(), gate.clone());
+    move |state, request| {
+        let (server, endpoint, dispatch) = (server.clone(), endpoint.clone(), dispatch.clone());
+        run_blocking(gate.clone(), what.clone(), move || {
+            call(dispatch.as_ref(), &state, &server, &endpoint, request)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -234,8 +234,6 @@ impl BlockingHooks for CHooks {
     }
 }
 
-/// Core runs each request on a blocking thread while the app's gate is open; this calls the C
-/// endpoint handler.
 /// The C type of both endpoint callbacks: `mc_endpoint_fn` (`O` is the response) and
 /// `mc_endpoint_access_fn` (`O` is the verdict).
 type EndpointCallback<O> = unsafe extern "C" fn(
@@ -250,15 +248,17 @@ type EndpointCallback<O> = unsafe extern "C" fn(
 
 impl CHooks {
     /// Calls an endpoint callback with the C forms of the state, the names and the request,
-    /// which live across the call, and its out-parameter `out`.
+    /// which live across the call, and its out-parameter `out`; fails with `missing` when C
+    /// gave no such callback (`mc_app_start` refuses servers that need one, so this is a bug).
     fn call_endpoint_fn<O>(
         &self,
         what: &str,
-        callback: EndpointCallback<O>,
+        (callback, missing): (Option<EndpointCallback<O>>, &str),
         (state, server, endpoint): (&State, &str, &str),
         request: &EndpointRequest,
         out: &mut O,
     ) -> Result<()> {
+        let callback = callback.ok_or_else(|| Error::internal(missing))?;
         let c_state = mc_state::new(state);
         let (c_server, c_endpoint) = (string_lossy(server), string_lossy(endpoint));
         let request = string_lossy(&request.to_json().to_string());
@@ -281,6 +281,8 @@ impl CHooks {
     }
 }
 
+/// Core runs each request (and each access check) on a blocking thread while the app's gate is
+/// open; this calls the C endpoint callbacks.
 impl BlockingEndpoints for CHooks {
     fn call(
         &self,
@@ -289,14 +291,13 @@ impl BlockingEndpoints for CHooks {
         endpoint: &str,
         request: EndpointRequest,
     ) -> Result<Value> {
-        let Some(handler) = self.hooks.endpoint else {
-            return Err(Error::internal(
-                "No endpoint handler was given (mc_hooks.endpoint)",
-            ));
-        };
         let what = format!("The {endpoint} endpoint");
-        let mut response: *mut c_char = std::ptr::null_mut();
+        let handler = (
+            self.hooks.endpoint,
+            "No endpoint handler was given (mc_hooks.endpoint)",
+        );
         let names = (state, server, endpoint);
+        let mut response: *mut c_char = std::ptr::null_mut();
         let result = self.call_endpoint_fn(&what, handler, names, &request, &mut response);
         // SAFETY: the handler stored NULL or a string from `mc_string_new`, which we own now.
         let response = (!response.is_null()).then(|| unsafe { CString::from_raw(response) });
@@ -317,14 +318,13 @@ impl BlockingEndpoints for CHooks {
         endpoint: &str,
         request: EndpointRequest,
     ) -> Result<bool> {
-        let Some(check) = self.hooks.endpoint_access else {
-            return Err(Error::internal(
-                "No access handler was given (mc_hooks.endpoint_access)",
-            ));
-        };
         let what = format!("The access handler of the {endpoint} endpoint");
-        let mut allowed: c_int = 0;
+        let check = (
+            self.hooks.endpoint_access,
+            "No access handler was given (mc_hooks.endpoint_access)",
+        );
         let names = (state, server, endpoint);
+        let mut allowed: c_int = 0;
         self.call_endpoint_fn(&what, check, names, &request, &mut allowed)?;
         Ok(allowed != 0)
     }
