@@ -152,12 +152,13 @@ impl Database {
     ) -> Result<Database> {
         let config = Arc::new(settings.to_config()?);
         let log = LogStore::open(&dir.join("raft.db"))?;
-        let state_machine = StateMachine::open(dir)?.deferring_others_of(id);
+        let answers = Arc::new(proposer::DirectAnswers::default());
+        let state_machine = StateMachine::open(dir)?.proposing_as(id, answers.clone());
         let network = Network::new(credentials);
         let raft = Raft::new(id, config, network.clone(), log, state_machine.clone())
             .await
             .map_err(|err| Error::internal(format!("Failed to start Raft: {err}")))?;
-        let proposer = Proposer::start(raft.clone(), settings.clone());
+        let proposer = Proposer::start(raft.clone(), settings.clone(), answers);
         Ok(Database {
             proposer,
             raft,

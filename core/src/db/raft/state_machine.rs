@@ -10,7 +10,8 @@
 //! own applied log id and membership, so its metadata is always read from the file itself. A
 //! received snapshot becomes the current one and is copied over the database file.
 //!
-//! A member applies the entries it proposed at once: their proposers wait for the results.
+//! A member applies the entries it proposed at once: their proposers wait for the results, and
+//! get them from the writer thread as soon as it has committed them (see [`DirectAnswers`]).
 //! Entries proposed by other members are applied in the background (see [`StateMachine::apply`]),
 //! a few at a time, unless someone on this member waits for them. Whatever this member
 //! reads or writes next sees them first.
@@ -32,10 +33,14 @@ use tokio::sync::watch;
 use super::changeset::{self, ChangesetApplier, Outcome};
 use super::sqlite::{Kind, OrFail, Res, Worker, WriteTx, read_meta, write_meta};
 use super::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
+use crate::db::proposer::DirectAnswers;
 use crate::sync::{self, lock};
 
 /// Prefix of the library's own bookkeeping tables inside the state machine database.
 pub const INTERNAL_TABLE_PREFIX: &str = "_microcluster_";
+
+/// The member whose proposals the state machine answers, and how (see [`DirectAnswers`]).
+type Answers = (NodeId, Arc<DirectAnswers>);
 
 /// The applied state as Raft sees it.
 type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, MemberNode>);
@@ -197,8 +202,15 @@ impl Db {
         });
     }
 
-    /// Applies a batch in one transaction; each entry in its own savepoint.
-    fn apply(&mut self, entries: Vec<openraft::Entry<TypeConfig>>) -> Res<Vec<CommandResult>> {
+    /// Applies a batch in one transaction; each entry in its own savepoint. With `answers`,
+    /// a batch this member proposed that is among the entries is answered as soon as the
+    /// transaction is committed.
+    fn apply(
+        &mut self,
+        entries: Vec<openraft::Entry<TypeConfig>>,
+        answers: Option<&Answers>,
+    ) -> Res<Vec<CommandResult>> {
+        let claimed = answers.and_then(|(node, answers)| answers.claim(*node, &entries));
         let _turn = self.gate.turn();
         // IMMEDIATE: take the write lock before reading, so a transaction's connection that
         // wrote in between can only make us wait, never fail (a deferred transaction would get
@@ -251,6 +263,10 @@ impl Db {
         tx.commit().or_fail(WRITE_SM)?;
         if let Some(log_id) = last {
             self.publish_applied(log_id.index);
+        }
+        if let Some(claimed) = claimed {
+            let result = results[claimed.position].clone();
+            claimed.answer(result);
         }
         Ok(results)
     }
@@ -673,8 +689,9 @@ pub struct StateMachine {
     db: Worker<Db>,
     dir: PathBuf,
     gate: WriteGate,
-    /// The member whose proposals are applied at once; `None` applies every entry at once.
-    proposer: Option<NodeId>,
+    /// The member whose proposals are applied at once, and answered directly; `None` applies
+    /// every entry at once.
+    proposer: Option<Answers>,
     deferred: Arc<Mutex<Deferred>>,
     /// The index of the last entry applied to the database.
     applied: watch::Receiver<u64>,
@@ -701,10 +718,14 @@ impl StateMachine {
         })
     }
 
-    /// Applies the entries that member `node` did not propose in the background: see
-    /// [`RaftStateMachine::apply`].
-    pub fn deferring_others_of(mut self, node: NodeId) -> StateMachine {
-        self.proposer = Some(node);
+    /// Applies the entries that member `node` did not propose in the background (see
+    /// [`RaftStateMachine::apply`]), and answers those it proposed through `answers`.
+    pub(crate) fn proposing_as(
+        mut self,
+        node: NodeId,
+        answers: Arc<DirectAnswers>,
+    ) -> StateMachine {
+        self.proposer = Some((node, answers));
         self
     }
 
@@ -730,7 +751,7 @@ impl StateMachine {
             // Queued under the lock, so jobs reach the thread in the order of the log.
             self.db.queue(kind, move |db| {
                 if !entries.is_empty() {
-                    db.apply(entries)?;
+                    db.apply(entries, None)?;
                 }
                 f(db)
             })?
@@ -747,7 +768,7 @@ impl StateMachine {
         let entries = deferred.take();
         let shared = self.deferred.clone();
         let queued = self.db.submit(WRITE_SM, move |db| {
-            db.apply(entries).map(drop).inspect_err(|err| {
+            db.apply(entries, None).map(drop).inspect_err(|err| {
                 lock(&shared).failure = Some(format!("applying entries failed: {err}"));
             })
         });
@@ -861,11 +882,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (first, last) = (first.log_id.index, last.log_id.index);
         let proposed_here = |entry: &openraft::Entry<TypeConfig>| {
             self.proposer
-                .is_none_or(|node| entry.log_id.leader_id.node_id == node)
+                .as_ref()
+                .is_none_or(|(node, _)| entry.log_id.leader_id.node_id == *node)
         };
         self.deferred().accepted = last;
         if entries.iter().any(proposed_here) {
-            return self.call(WRITE_SM, move |db| db.apply(entries)).await;
+            let answers = self.proposer.clone();
+            return self
+                .call(WRITE_SM, move |db| db.apply(entries, answers.as_ref()))
+                .await;
         }
         // Entries another member proposed: their results go nowhere (openraft answers a
         // proposal only on the leader that proposed it), so they can wait for more to be

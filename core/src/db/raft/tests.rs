@@ -11,6 +11,7 @@ use rusqlite::types::FromSql;
 
 use super::state_machine::StateMachine;
 use super::{Command, CommandResult, MemberNode, TypeConfig};
+use crate::db::proposer::DirectAnswers;
 
 fn log_id(index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(1, 1), index)
@@ -482,13 +483,31 @@ async fn wait_for_kv(dir: &std::path::Path, expected: &[(&str, &str)]) {
 }
 
 #[tokio::test]
+async fn the_state_machine_answers_this_members_proposal_itself() {
+    const ME: u64 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let answers = std::sync::Arc::new(DirectAnswers::default());
+    let mut sm = StateMachine::open(dir.path())
+        .unwrap()
+        .proposing_as(ME, answers.clone());
+    let command = sql(KV);
+    let mut answer = answers.expect(&command);
+    let results = sm.apply(vec![entry_of(ME, 1, command)]).await.unwrap();
+    assert_eq!(results, vec![CommandResult::Applied { rows_affected: 0 }]);
+    assert!(matches!(
+        answer.try_recv(),
+        Ok(Ok(Some((1, CommandResult::Applied { .. }))))
+    ));
+}
+
+#[tokio::test]
 async fn entries_other_members_proposed_apply_in_the_background_and_in_order() {
     const ME: u64 = 2;
     const OTHER: u64 = 1;
     let dir = tempfile::tempdir().unwrap();
     let mut sm = StateMachine::open(dir.path())
         .unwrap()
-        .deferring_others_of(ME);
+        .proposing_as(ME, Default::default());
     // Based after the schema entry, which makes every transaction based before it conflict.
     let insert = |rows: &[(&str, &str)], statements: &str| Command::Changeset {
         base: 1,
