@@ -6,8 +6,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use microcluster::extensions::{BlockingEndpoints, EndpointRequest};
-use microcluster::{Error, ErrorKind, State};
+use microcluster::extensions::{
+    BlockingEndpoints, EndpointCall, access_handler_name, handler_name,
+};
+use microcluster::{Error, ErrorKind};
 use napi::Status;
 use napi::bindgen_prelude::{FnArgs, Promise};
 use napi::threadsafe_function::ThreadsafeFunction;
@@ -48,18 +50,11 @@ impl JsEndpoints {
 
     /// What the handler (or, with `access`, the access handler) of `endpoint` resolved with,
     /// on a blocking thread of core's runtime (see `BlockingEndpoints`): waiting is allowed.
-    fn dispatch(
-        &self,
-        state: &State,
-        server: &str,
-        endpoint: &str,
-        request: EndpointRequest,
-        access: bool,
-    ) -> microcluster::Result<Value> {
+    fn dispatch(&self, call: EndpointCall<'_>, access: bool) -> microcluster::Result<Value> {
         let what = if access {
-            format!("The access handler of the {endpoint} endpoint")
+            access_handler_name(call.endpoint)
         } else {
-            format!("The {endpoint} endpoint")
+            handler_name(call.endpoint)
         };
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::unavailable(format!(
@@ -67,10 +62,10 @@ impl JsEndpoints {
             )));
         }
         let args = FnArgs::from((
-            JsState::new(state.clone()),
-            server.to_string(),
-            endpoint.to_string(),
-            request.to_json(),
+            JsState::new(call.state.clone()),
+            call.server.to_string(),
+            call.endpoint.to_string(),
+            call.request.to_json(),
             access,
         ));
         let dispatch = self.dispatch.clone();
@@ -108,28 +103,15 @@ fn failure(what: &str, error: &Value) -> Error {
 }
 
 impl BlockingEndpoints for JsEndpoints {
-    fn call(
-        &self,
-        state: &State,
-        server: &str,
-        endpoint: &str,
-        request: EndpointRequest,
-    ) -> microcluster::Result<Value> {
-        self.dispatch(state, server, endpoint, request, false)
+    fn call(&self, call: EndpointCall<'_>) -> microcluster::Result<Value> {
+        self.dispatch(call, false)
     }
 
-    fn access(
-        &self,
-        state: &State,
-        server: &str,
-        endpoint: &str,
-        request: EndpointRequest,
-    ) -> microcluster::Result<bool> {
-        let allowed = self.dispatch(state, server, endpoint, request, true)?;
-        allowed.as_bool().ok_or_else(|| {
-            Error::internal(format!(
-                "The access handler of the {endpoint} endpoint returned {allowed}, not a boolean"
-            ))
-        })
+    fn access(&self, call: EndpointCall<'_>) -> microcluster::Result<bool> {
+        let what = access_handler_name(call.endpoint);
+        let allowed = self.dispatch(call, true)?;
+        allowed
+            .as_bool()
+            .ok_or_else(|| Error::internal(format!("{what} returned {allowed}, not a boolean")))
     }
 }

@@ -2,8 +2,8 @@
 //! dispatchers that `microcluster._endpoints.compile_servers` built from the application's
 //! servers, one for the handlers and one for the access handlers.
 
-use microcluster::extensions::{BlockingEndpoints, EndpointRequest};
-use microcluster::{Error, ErrorKind, State};
+use microcluster::extensions::{BlockingEndpoints, EndpointCall};
+use microcluster::{Error, ErrorKind};
 use pyo3::prelude::*;
 use serde_json::Value;
 
@@ -28,22 +28,20 @@ impl PyEndpoints {
     /// becomes the core error [`handler_failure`] makes of it.
     fn invoke<T>(
         dispatcher: &Py<PyAny>,
-        state: &State,
-        server: &str,
-        endpoint: &str,
-        request: &EndpointRequest,
+        call: &EndpointCall<'_>,
         decode: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<T>,
     ) -> microcluster::Result<T> {
         Python::try_attach(|py| {
             let run = || {
-                let request = json::to_python(py, &request.to_json())?;
-                let state = PyState::new(state.clone());
-                let result = dispatcher
-                    .bind(py)
-                    .call1((state, server, endpoint, request))?;
+                let request = json::to_python(py, &call.request.to_json())?;
+                let state = PyState::new(call.state.clone());
+                let result =
+                    dispatcher
+                        .bind(py)
+                        .call1((state, call.server, call.endpoint, request))?;
                 decode(&result)
             };
-            run().map_err(|err| handler_failure(py, endpoint, err))
+            run().map_err(|err| handler_failure(py, call.endpoint, err))
         })
         .unwrap_or_else(|| {
             Err(Error::unavailable(
@@ -80,14 +78,8 @@ fn handler_failure(py: Python<'_>, endpoint: &str, err: PyErr) -> Error {
 }
 
 impl BlockingEndpoints for PyEndpoints {
-    fn call(
-        &self,
-        state: &State,
-        server: &str,
-        endpoint: &str,
-        request: EndpointRequest,
-    ) -> microcluster::Result<Value> {
-        Self::invoke(&self.dispatch, state, server, endpoint, &request, |text| {
+    fn call(&self, call: EndpointCall<'_>) -> microcluster::Result<Value> {
+        Self::invoke(&self.dispatch, &call, |text| {
             serde_json::from_str(&text.extract::<String>()?)
                 .map_err(|err| pyo3::exceptions::PyValueError::new_err(err.to_string()))
         })
@@ -95,15 +87,7 @@ impl BlockingEndpoints for PyEndpoints {
 
     /// The Python `access` dispatcher already answers a 500 naming the endpoint when the access
     /// handler returns anything but a `bool`, so extracting it here does not fail in practice.
-    fn access(
-        &self,
-        state: &State,
-        server: &str,
-        endpoint: &str,
-        request: EndpointRequest,
-    ) -> microcluster::Result<bool> {
-        Self::invoke(&self.access, state, server, endpoint, &request, |allowed| {
-            allowed.extract()
-        })
+    fn access(&self, call: EndpointCall<'_>) -> microcluster::Result<bool> {
+        Self::invoke(&self.access, &call, |allowed| allowed.extract())
     }
 }

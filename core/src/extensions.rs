@@ -610,27 +610,37 @@ pub(crate) fn dedicated_routers(servers: &[ExtensionServer]) -> BTreeMap<String,
 /// Extension endpoints written as one blocking dispatch function, which is what C, Python and
 /// Node handlers are. Each request runs on a blocking thread of the library's runtime.
 pub trait BlockingEndpoints: Send + Sync + 'static {
-    /// Answers a request to the endpoint `endpoint` of the server `server`; the `Ok` value is
-    /// the response `metadata`.
-    fn call(
-        &self,
-        state: &State,
-        server: &str,
-        endpoint: &str,
-        request: EndpointRequest,
-    ) -> Result<Value>;
+    /// Answers a request; the `Ok` value is the response `metadata`.
+    fn call(&self, call: EndpointCall<'_>) -> Result<Value>;
 
     /// The custom access check of an action whose [`ActionSpec::access_handler`] is set: runs
     /// after the trust decision, before `?target=` forwarding and the handler. `Ok(true)` lets
     /// the request on, `Ok(false)` answers 403 `not authorized`, an error answers with its
     /// status and message.
-    fn access(
-        &self,
-        state: &State,
-        server: &str,
-        endpoint: &str,
-        request: EndpointRequest,
-    ) -> Result<bool>;
+    fn access(&self, call: EndpointCall<'_>) -> Result<bool>;
+}
+
+/// One request to a [`BlockingEndpoints`] dispatcher: for the endpoint `endpoint` of the
+/// server `server`, on the member whose state is `state`.
+pub struct EndpointCall<'a> {
+    /// The member's state.
+    pub state: &'a State,
+    /// The name of the extension server.
+    pub server: &'a str,
+    /// The name of the endpoint.
+    pub endpoint: &'a str,
+    /// The request.
+    pub request: EndpointRequest,
+}
+
+/// How errors name the handler of the endpoint `endpoint`.
+pub fn handler_name(endpoint: &str) -> String {
+    format!("The {endpoint} endpoint")
+}
+
+/// How errors name the access handler of the endpoint `endpoint`.
+pub fn access_handler_name(endpoint: &str) -> String {
+    format!("The access handler of the {endpoint} endpoint")
 }
 
 /// The description of an extension server as data (JSON), for the bindings: the same fields as
@@ -807,22 +817,16 @@ fn blocking_action(
         dispatch,
         gate,
         names,
-        format!("The {endpoint} endpoint"),
-        |dispatch, state, server, endpoint, request| {
-            dispatch
-                .call(state, server, endpoint, request)
-                .map(Reply::Json)
-        },
+        handler_name(endpoint),
+        |dispatch, call| dispatch.call(call).map(Reply::Json),
     ));
     if flags.access_handler {
         action = action.access_handler(on_blocking_thread(
             dispatch,
             gate,
             names,
-            format!("The access handler of the {endpoint} endpoint"),
-            |dispatch, state, server, endpoint, request| {
-                dispatch.access(state, server, endpoint, request)
-            },
+            access_handler_name(endpoint),
+            |dispatch, call| dispatch.access(call),
         ));
     }
     action.allow_untrusted = flags.allow_untrusted;
@@ -831,7 +835,7 @@ fn blocking_action(
 }
 
 /// A call of a [`BlockingEndpoints`] dispatcher: the handler or the access check.
-type DispatchCall<T> = fn(&dyn BlockingEndpoints, &State, &str, &str, EndpointRequest) -> Result<T>;
+type DispatchCall<T> = fn(&dyn BlockingEndpoints, EndpointCall<'_>) -> Result<T>;
 
 /// An async function of (state, request) that makes `call` for the endpoint `names` (server,
 /// endpoint) on a blocking thread, while `gate` is open; `what` names it in errors.
@@ -850,7 +854,13 @@ fn on_blocking_thread<T: Send + 'static>(
     move |state, request| {
         let (server, endpoint, dispatch) = (server.clone(), endpoint.clone(), dispatch.clone());
         run_blocking(gate.clone(), what.clone(), move || {
-            call(dispatch.as_ref(), &state, &server, &endpoint, request)
+            let call_of = EndpointCall {
+                state: &state,
+                server: &server,
+                endpoint: &endpoint,
+                request,
+            };
+            call(dispatch.as_ref(), call_of)
         })
     }
 }
@@ -999,10 +1009,10 @@ mod tests {
         );
         struct Nothing;
         impl BlockingEndpoints for Nothing {
-            fn call(&self, _: &State, _: &str, _: &str, _: EndpointRequest) -> Result<Value> {
+            fn call(&self, _: EndpointCall<'_>) -> Result<Value> {
                 Ok(Value::Null)
             }
-            fn access(&self, _: &State, _: &str, _: &str, _: EndpointRequest) -> Result<bool> {
+            fn access(&self, _: EndpointCall<'_>) -> Result<bool> {
                 Ok(false)
             }
         }

@@ -3,7 +3,9 @@
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 
-use microcluster_core::extensions::{BlockingEndpoints, EndpointRequest};
+use microcluster_core::extensions::{
+    BlockingEndpoints, EndpointCall, access_handler_name, handler_name,
+};
 use microcluster_core::{BlockingHooks, Error, HookEvent, Result, State};
 use serde_json::Value;
 
@@ -254,14 +256,13 @@ impl CHooks {
         &self,
         what: &str,
         (callback, missing): (Option<EndpointCallback<O>>, &str),
-        (state, server, endpoint): (&State, &str, &str),
-        request: &EndpointRequest,
+        call: &EndpointCall<'_>,
         out: &mut O,
     ) -> Result<()> {
         let callback = callback.ok_or_else(|| Error::internal(missing))?;
-        let c_state = mc_state::new(state);
-        let (c_server, c_endpoint) = (string_lossy(server), string_lossy(endpoint));
-        let request = string_lossy(&request.to_json().to_string());
+        let c_state = mc_state::new(call.state);
+        let (c_server, c_endpoint) = (string_lossy(call.server), string_lossy(call.endpoint));
+        let request = string_lossy(&call.request.to_json().to_string());
         let userdata = self.hooks.userdata;
         callback_result(what, |err| {
             // SAFETY: the C contract of `mc_endpoint_fn` and `mc_endpoint_access_fn`; the
@@ -284,21 +285,14 @@ impl CHooks {
 /// Core runs each request (and each access check) on a blocking thread while the app's gate is
 /// open; this calls the C endpoint callbacks.
 impl BlockingEndpoints for CHooks {
-    fn call(
-        &self,
-        state: &State,
-        server: &str,
-        endpoint: &str,
-        request: EndpointRequest,
-    ) -> Result<Value> {
-        let what = format!("The {endpoint} endpoint");
+    fn call(&self, call: EndpointCall<'_>) -> Result<Value> {
+        let what = handler_name(call.endpoint);
         let handler = (
             self.hooks.endpoint,
             "No endpoint handler was given (mc_hooks.endpoint)",
         );
-        let names = (state, server, endpoint);
         let mut response: *mut c_char = std::ptr::null_mut();
-        let result = self.call_endpoint_fn(&what, handler, names, &request, &mut response);
+        let result = self.call_endpoint_fn(&what, handler, &call, &mut response);
         // SAFETY: the handler stored NULL or a string from `mc_string_new`, which we own now.
         let response = (!response.is_null()).then(|| unsafe { CString::from_raw(response) });
         result?;
@@ -311,21 +305,14 @@ impl BlockingEndpoints for CHooks {
             .map_err(|err| Error::internal(format!("{what} answered invalid JSON: {err}")))
     }
 
-    fn access(
-        &self,
-        state: &State,
-        server: &str,
-        endpoint: &str,
-        request: EndpointRequest,
-    ) -> Result<bool> {
-        let what = format!("The access handler of the {endpoint} endpoint");
+    fn access(&self, call: EndpointCall<'_>) -> Result<bool> {
+        let what = access_handler_name(call.endpoint);
         let check = (
             self.hooks.endpoint_access,
             "No access handler was given (mc_hooks.endpoint_access)",
         );
-        let names = (state, server, endpoint);
         let mut allowed: c_int = 0;
-        self.call_endpoint_fn(&what, check, names, &request, &mut allowed)?;
+        self.call_endpoint_fn(&what, check, &call, &mut allowed)?;
         Ok(allowed != 0)
     }
 }

@@ -151,11 +151,11 @@ async fn commit(quorum: &Quorum, answers: &DirectAnswers, batch: Vec<Proposal>) 
         .into_iter()
         .map(|proposal| (proposal.command, proposal.reply))
         .unzip();
-    let (single, command) = match <[Command; 1]>::try_from(commands) {
-        Ok([one]) => (true, one),
-        Err(commands) => (false, Command::Batch { commands }),
+    let command = match <[Command; 1]>::try_from(commands) {
+        Ok([one]) => one,
+        Err(commands) => Command::Batch { commands },
     };
-    answers.wait_for(command.clone(), single, replies);
+    answers.wait_for(command.clone(), replies);
     let written = quorum
         .while_quorum(
             BATCH_TIMEOUT,
@@ -204,13 +204,10 @@ pub(crate) struct DirectAnswers {
     settled: AtomicBool,
 }
 
-/// A batch whose entry is not applied yet, and its proposers.
+/// A batch whose entry is not applied yet, and its proposers: one, or one per command of a
+/// [`Command::Batch`] (proposers never propose batches themselves).
 pub(crate) struct Waiting {
     command: Command,
-    /// Whether `command` is the one proposal of the batch, not a [`Command::Batch`].
-    single: bool,
-    /// Whether the state machine may claim the batch (see [`DirectAnswers`]).
-    claimable: bool,
     replies: Vec<oneshot::Sender<Proposed>>,
 }
 
@@ -224,14 +221,8 @@ pub(crate) struct Claimed {
 
 impl DirectAnswers {
     /// Registers the batch being proposed: `command`, and the proposers' `replies`.
-    fn wait_for(&self, command: Command, single: bool, replies: Vec<oneshot::Sender<Proposed>>) {
-        let claimable = self.settled.load(Ordering::SeqCst);
-        *lock(&self.waiting) = Some(Waiting {
-            command,
-            single,
-            claimable,
-            replies,
-        });
+    fn wait_for(&self, command: Command, replies: Vec<oneshot::Sender<Proposed>>) {
+        *lock(&self.waiting) = Some(Waiting { command, replies });
     }
 
     /// Takes the batch back unless the state machine claimed it.
@@ -249,15 +240,19 @@ impl DirectAnswers {
     pub fn expect(&self, command: &Command) -> oneshot::Receiver<Proposed> {
         let (reply, answer) = oneshot::channel();
         self.settled(true);
-        self.wait_for(command.clone(), true, vec![reply]);
+        self.wait_for(command.clone(), vec![reply]);
         answer
     }
 
     /// Claims the waiting batch if its entry is among `entries`, which the state machine of
-    /// member `node` is about to apply.
+    /// member `node` is about to apply; never while the last batch that ended was not
+    /// answered by openraft (see [`DirectAnswers`]).
     pub fn claim(&self, node: NodeId, entries: &[openraft::Entry<TypeConfig>]) -> Option<Claimed> {
+        if !self.settled.load(Ordering::SeqCst) {
+            return None;
+        }
         let mut waiting = lock(&self.waiting);
-        let wanted = waiting.as_ref().filter(|wanted| wanted.claimable)?;
+        let wanted = waiting.as_ref()?;
         let position = entries.iter().position(|entry| {
             entry.log_id.leader_id.node_id == node
                 && matches!(&entry.payload, EntryPayload::Normal(command) if *command == wanted.command)
@@ -281,12 +276,13 @@ impl Claimed {
 impl Waiting {
     /// Each proposer's outcome when the batch's entry `index` had `result`.
     fn outcomes(&self, index: u64, result: CommandResult) -> Vec<Proposed> {
-        match (self.single, result) {
-            (true, result) => vec![Ok(Some((index, result)))],
-            (false, CommandResult::Batch { results }) if results.len() == self.replies.len() => {
+        let batch = matches!(self.command, Command::Batch { .. });
+        match (batch, result) {
+            (false, result) => vec![Ok(Some((index, result)))],
+            (true, CommandResult::Batch { results }) if results.len() == self.replies.len() => {
                 results.into_iter().map(|r| Ok(Some((index, r)))).collect()
             }
-            (false, other) => {
+            (true, other) => {
                 let err = Error::internal(format!("Unexpected result of a batch: {other:?}"));
                 self.replies.iter().map(|_| Err(err.clone())).collect()
             }
@@ -381,7 +377,7 @@ mod tests {
     ) -> Vec<oneshot::Receiver<Proposed>> {
         answers.settled(settled);
         let (replies, receivers) = (0..proposals).map(|_| oneshot::channel()).unzip();
-        answers.wait_for(command.clone(), proposals == 1, replies);
+        answers.wait_for(command.clone(), replies);
         receivers
     }
 
@@ -459,7 +455,7 @@ mod tests {
         // At first, entries from before a restart may still be applied, and one could carry
         // the same command (a transaction run again).
         let answers = DirectAnswers::default();
-        answers.wait_for(command.clone(), true, vec![oneshot::channel().0]);
+        answers.wait_for(command.clone(), vec![oneshot::channel().0]);
         assert!(answers.claim(ME, &mine).is_none());
         assert!(answers.withdraw().is_some(), "left to openraft's answer");
 
