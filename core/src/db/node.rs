@@ -513,10 +513,13 @@ impl Database {
         self.peer_started.notified().await;
     }
 
-    /// Stops the Raft node.
+    /// Stops the Raft node, and closes the state machine database.
     pub async fn shutdown(&self) {
         if let Err(err) = self.raft.shutdown().await {
             tracing::warn!("Raft did not stop cleanly: {err}");
+        }
+        if let Err(err) = self.state_machine.close().await {
+            tracing::warn!("{err}");
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod network;
 pub(crate) mod recovery;
 pub(crate) mod sqlite;
 pub mod state_machine;
+mod unsynced;
 
 #[cfg(test)]
 mod openraft_patch_tests;

@@ -133,6 +133,7 @@ pub(crate) async fn rewrite_membership(
     log.save_vote(&Vote::new(term, own_id))
         .await
         .map_err(|e| failed(&e))?;
+    state_machine.close().await?;
     drop((log, state_machine));
     for file in DATABASES {
         checkpoint(&dir.join(file))?;

@@ -6,6 +6,9 @@
 //! twice. Each entry runs in its own savepoint: an entry that conflicts or fails is rolled back
 //! alone and answered as such, identically on every member.
 //!
+//! The database runs without fsync; a marker file makes that safe against machine crashes (see
+//! [`UnsyncedMarker`]): the Raft log and the snapshots are what is fsynced.
+//!
 //! A snapshot is a `VACUUM INTO` copy of the database (`snapshots/current.db`). It carries its
 //! own applied log id and membership, so its metadata is always read from the file itself. A
 //! received snapshot becomes the current one and is copied over the database file.
@@ -32,6 +35,7 @@ use tokio::sync::watch;
 
 use super::changeset::{self, ChangesetApplier, Outcome};
 use super::sqlite::{Kind, OrFail, Res, Worker, WriteTx, read_meta, write_meta};
+use super::unsynced::{Found, UnsyncedMarker, sync_dir};
 use super::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 use crate::db::proposer::DirectAnswers;
 use crate::sync::{self, lock};
@@ -87,14 +91,18 @@ fn wait_for_lock(attempts: i32) -> bool {
     true
 }
 
-fn open_connection(path: &Path, settings: &Arc<SettingsGuard>) -> rusqlite::Result<Connection> {
+/// Opens the state machine's connection; `unsynced` without any fsync (see [`UnsyncedMarker`]),
+/// else with every commit fsynced.
+fn open_connection(
+    path: &Path,
+    settings: &Arc<SettingsGuard>,
+    unsynced: bool,
+) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
     conn.busy_handler(Some(wait_for_lock))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // A process crash loses nothing in WAL mode; after a power loss the entries after the last
-    // checkpoint are applied again from the Raft log, which is fsynced and only purged behind
-    // fsynced snapshots.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let synchronous = if unsynced { "OFF" } else { "FULL" };
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.execute_batch(SCHEMA)?;
     // The changeset applier keeps about four statements per table it writes.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
@@ -161,8 +169,44 @@ fn sync_file_and_dir(path: &Path, kind: Kind) -> Res<()> {
     File::open(path)
         .and_then(|file| file.sync_all())
         .or_fail(kind)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir).and_then(|dir| dir.sync_all()).or_fail(kind)
+    sync_dir(path.parent().unwrap_or(Path::new(".")), kind)
+}
+
+/// Replaces the database in `dir` (closed) with a copy of `source`, or with nothing (a new
+/// database is created at the next open); durably, and with its write-ahead log removed. The
+/// marker says so meanwhile, so a crash half-way through rebuilds the database at the next start.
+fn replace_database(
+    dir: &Path,
+    marker: &mut UnsyncedMarker,
+    source: Option<&Path>,
+    kind: Kind,
+) -> Res<()> {
+    marker.replacing(kind)?;
+    let db_path = dir.join(DB_FILE);
+    let temp = db_path.with_extension("sqlite3.tmp");
+    if let Some(source) = source {
+        std::fs::copy(source, &temp).or_fail(kind)?;
+        File::open(&temp)
+            .and_then(|file| file.sync_all())
+            .or_fail(kind)?;
+    }
+    for suffix in ["-wal", "-shm"] {
+        remove_if_present(&dir.join(format!("{DB_FILE}{suffix}")), kind)?;
+    }
+    match source {
+        Some(_) => std::fs::rename(&temp, &db_path).or_fail(kind)?,
+        None => remove_if_present(&db_path, kind)?,
+    }
+    sync_dir(dir, kind)?;
+    marker.replaced(kind)
+}
+
+/// Removes a file, if there is one.
+fn remove_if_present(path: &Path, kind: Kind) -> Res<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err).or_fail(kind),
+        _ => Ok(()),
+    }
 }
 
 /// The open database and where it lives; only the writer thread touches it.
@@ -175,22 +219,85 @@ struct Db {
     applier: ChangesetApplier,
     /// The index of the last entry applied to the database, published after each commit.
     applied: watch::Sender<u64>,
+    /// Says when the database file cannot be trusted after a crash.
+    marker: UnsyncedMarker,
 }
 
 impl Db {
     fn open(dir: &Path, gate: WriteGate) -> Res<Db> {
         std::fs::create_dir_all(dir.join("snapshots")).or_fail(WRITE_SM)?;
+        let (mut marker, found) = UnsyncedMarker::open(dir, WRITE_SM)?;
+        if found == Found::AnotherBoot {
+            Db::rebuild(dir, &mut marker)?;
+        }
+        marker.set(WRITE_SM)?;
         let settings = Arc::default();
-        let conn = open_connection(&dir.join(DB_FILE), &settings).or_fail(WRITE_SM)?;
+        let conn =
+            open_connection(&dir.join(DB_FILE), &settings, marker.unsynced()).or_fail(WRITE_SM)?;
         let (applied, _) = read_applied_state(&conn, READ_SM)?;
         Ok(Db {
             dir: dir.to_path_buf(),
             conn,
             settings,
             gate,
+            marker,
             applier: ChangesetApplier::default(),
             applied: watch::Sender::new(applied.map_or(0, |id| id.index)),
         })
+    }
+
+    /// Replaces a database that may be torn (it ran unsynced when the machine stopped, or was
+    /// being replaced) with the current snapshot, or with a new database when there is none
+    /// (the log was then never purged). openraft applies the log after it again at start.
+    fn rebuild(dir: &Path, marker: &mut UnsyncedMarker) -> Res<()> {
+        let snapshot = dir.join(SNAPSHOT_FILE);
+        let snapshot = snapshot.exists().then_some(snapshot);
+        tracing::warn!(
+            "The database in {dir:?} may be torn (the machine stopped while it ran unsynced, or \
+             while it was replaced): rebuilding it from {}, and the Raft log after it",
+            match &snapshot {
+                Some(snapshot) => format!("the snapshot {snapshot:?}"),
+                None => "nothing (there is no snapshot)".to_string(),
+            }
+        );
+        replace_database(dir, marker, snapshot.as_deref(), WRITE_SM)
+    }
+
+    /// Writes everything back into the database file, fsynced, and removes the unsynced
+    /// marker, so a start after a machine crash keeps the database as it is. A database in
+    /// use by a reader stays marked.
+    fn close(&mut self) -> Res<()> {
+        if !self.marker.unsynced() {
+            return Ok(());
+        }
+        let _turn = self.gate.turn();
+        // SQLite fsyncs a checkpoint's writes unless the connection runs with synchronous=OFF.
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .or_fail(WRITE_SM)?;
+        let checkpoint = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            });
+        self.conn
+            .pragma_update(None, "synchronous", "OFF")
+            .or_fail(WRITE_SM)?;
+        let (busy, frames, written_back) = checkpoint.or_fail(WRITE_SM)?;
+        if busy != 0 || frames != written_back {
+            tracing::warn!(
+                "The database in {:?} is in use ({written_back} of {frames} log frames written \
+                 back): it stays marked unsynced, and is rebuilt if the machine stops first",
+                self.dir
+            );
+            return Ok(());
+        }
+        sync_file_and_dir(&self.dir.join(DB_FILE), WRITE_SM)?;
+        self.marker.clear(WRITE_SM)
     }
 
     /// Publishes that the database holds the entries up to `index`.
@@ -211,6 +318,7 @@ impl Db {
         answers: Option<&Answers>,
     ) -> Res<Vec<CommandResult>> {
         let claimed = answers.and_then(|(node, answers)| answers.claim(*node, &entries));
+        self.marker.set(WRITE_SM)?;
         let _turn = self.gate.turn();
         // IMMEDIATE: take the write lock before reading, so a transaction's connection that
         // wrote in between can only make us wait, never fail (a deferred transaction would get
@@ -336,21 +444,13 @@ impl Db {
         std::fs::rename(&received, &current).or_fail(WRITE_SNAPSHOT)?;
         sync_file_and_dir(&current, WRITE_SNAPSHOT)?;
 
-        let db_path = self.dir.join(DB_FILE);
-        let temp = db_path.with_extension("sqlite3.tmp");
-        std::fs::copy(&current, &temp).or_fail(WRITE_SNAPSHOT)?;
-        File::open(&temp)
-            .and_then(|file| file.sync_all())
-            .or_fail(WRITE_SNAPSHOT)?;
-        // Close the database, move the copy into its place, and reopen.
+        // Close the database, replace it with a copy of the snapshot, and reopen.
         let placeholder = Connection::open_in_memory().or_fail(WRITE_SNAPSHOT)?;
         drop(std::mem::replace(&mut self.conn, placeholder));
-        for suffix in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(self.dir.join(format!("{DB_FILE}{suffix}")));
-        }
-        std::fs::rename(&temp, &db_path).or_fail(WRITE_SNAPSHOT)?;
-        sync_file_and_dir(&db_path, WRITE_SNAPSHOT)?;
-        self.conn = open_connection(&db_path, &self.settings).or_fail(WRITE_SNAPSHOT)?;
+        replace_database(&self.dir, &mut self.marker, Some(&current), WRITE_SNAPSHOT)?;
+        let db_path = self.dir.join(DB_FILE);
+        self.conn = open_connection(&db_path, &self.settings, self.marker.unsynced())
+            .or_fail(WRITE_SNAPSHOT)?;
         self.applier = ChangesetApplier::default();
         if let Some(log_id) = meta.last_log_id {
             self.publish_applied(log_id.index);
@@ -727,6 +827,18 @@ impl StateMachine {
     ) -> StateMachine {
         self.proposer = Some((node, answers));
         self
+    }
+
+    /// Applies the entries deferred so far, then writes the database back durably and marks
+    /// it closed (see [`UnsyncedMarker`]), for a member that stops. A later write marks it
+    /// unsynced again.
+    pub async fn close(&self) -> crate::Result<()> {
+        self.call(WRITE_SM, Db::close).await.map_err(|err| {
+            crate::Error::internal(format!(
+                "Failed to close the database in {:?}: {err}",
+                self.dir
+            ))
+        })
     }
 
     /// The gate users of the database pass (see [`WriteGate`]).

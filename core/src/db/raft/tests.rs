@@ -590,3 +590,165 @@ async fn entries_other_members_proposed_apply_in_the_background_and_in_order() {
         .expect("the entries handed over were not applied");
     assert_eq!(dump(dir.path()).len(), 5);
 }
+
+/// Copies the files of the database directory `dir`, in use, to a new directory: what a
+/// process killed now leaves on disk (the kernel holds every write it made). SQLite's
+/// shared-memory index is left behind; the next opener rebuilds it.
+fn crash_copy(dir: &std::path::Path) -> tempfile::TempDir {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for item in std::fs::read_dir(from).unwrap() {
+            let item = item.unwrap();
+            let name = item.file_name();
+            if item.file_type().unwrap().is_dir() {
+                copy(&item.path(), &to.join(&name));
+            } else if !name.to_string_lossy().ends_with("-shm") {
+                std::fs::copy(item.path(), to.join(&name)).unwrap();
+            }
+        }
+    }
+    let copied = tempfile::tempdir().unwrap();
+    copy(dir, copied.path());
+    copied
+}
+
+/// The log store and the state machine of a member in `dir`.
+fn open_member(dir: &std::path::Path) -> (super::log_store::LogStore, StateMachine) {
+    let log = super::log_store::LogStore::open(&dir.join("raft.db")).unwrap();
+    (log, StateMachine::open(dir).unwrap())
+}
+
+/// A member that committed and applied a blank entry (index 0, where a cluster's first
+/// membership is), `kv` and `rows` inserts, with a snapshot taken after the first
+/// `snapshot_after` of them (none if 0): its directory, with the member running.
+async fn member_with_rows(
+    rows: u64,
+    snapshot_after: u64,
+) -> (tempfile::TempDir, super::log_store::LogStore, StateMachine) {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, mut sm) = open_member(dir.path());
+    let insert = |row: u64| {
+        entry(
+            row + 1,
+            Command::Changeset {
+                base: 1,
+                read_tables: vec![],
+                changeset: changeset(&[], &format!("INSERT INTO kv VALUES ('k{row}', 'v')")),
+            },
+        )
+    };
+    let first = Entry {
+        log_id: log_id(0),
+        payload: EntryPayload::Blank,
+    };
+    let entries: Vec<_> = [first, entry(1, sql(KV))]
+        .into_iter()
+        .chain((1..=rows).map(insert))
+        .collect();
+    log.blocking_append(entries.clone()).await.unwrap();
+    log.save_committed(Some(log_id(rows + 1))).await.unwrap();
+    // The committed id is written with the next write transaction.
+    log.save_vote(&openraft::Vote::new(1, 1)).await.unwrap();
+    let (before, after) = entries.split_at(snapshot_after as usize + 2);
+    sm.apply(before.to_vec()).await.unwrap();
+    if snapshot_after > 0 {
+        sm.build_snapshot().await.unwrap();
+    }
+    sm.apply(after.to_vec()).await.unwrap();
+    (dir, log, sm)
+}
+
+/// The applied index of a state machine.
+async fn applied(sm: &mut StateMachine) -> Option<u64> {
+    sm.applied_state().await.unwrap().0.map(|id| id.index)
+}
+
+/// Opens the member in `dir` as openraft starts it (re-applying the committed log after what
+/// the state machine holds), and returns the index it starts from as applied and committed.
+async fn start_member(dir: &std::path::Path) -> Option<u64> {
+    let (mut log, mut sm) = open_member(dir);
+    let state = openraft::storage::StorageHelper::new(&mut log, &mut sm)
+        .get_initial_state()
+        .await
+        .unwrap();
+    state.committed.map(|id| id.index)
+}
+
+#[tokio::test]
+async fn a_process_crash_keeps_the_unsynced_database() {
+    let (dir, _log, _sm) = member_with_rows(20, 10).await;
+    assert!(super::unsynced::tests::marker_present(dir.path()));
+    let crashed = crash_copy(dir.path());
+    let (_log, mut reopened) = open_member(crashed.path());
+    assert_eq!(applied(&mut reopened).await, Some(21));
+    assert_eq!(dump(crashed.path()), dump(dir.path()));
+    assert_eq!(dump(crashed.path()).len(), 20);
+}
+
+/// What the machine running the member in `dir` leaves after a crash while the database ran
+/// unsynced: a copy of its files and the marker of a boot that is not the next one.
+fn machine_crash_copy(dir: &std::path::Path) -> tempfile::TempDir {
+    let crashed = crash_copy(dir);
+    super::unsynced::tests::leave_marker_of_another_boot(crashed.path());
+    crashed
+}
+
+#[tokio::test]
+async fn a_machine_crash_rebuilds_the_database_from_the_snapshot_and_the_log() {
+    let (dir, _log, _sm) = member_with_rows(20, 10).await;
+    let expected = dump(dir.path());
+    let crashed = machine_crash_copy(dir.path());
+    // Torn by the crash: the file is garbage from its second page on.
+    let db_file = crashed.path().join("db.sqlite3");
+    let length = std::fs::metadata(&db_file).unwrap().len() as usize;
+    let mut bytes = std::fs::read(&db_file).unwrap();
+    bytes[4096..length].fill(0xA5);
+    std::fs::write(&db_file, bytes).unwrap();
+
+    // The state machine alone holds the snapshot (the schema entry and 10 rows)...
+    {
+        let (_log, mut rebuilt) = open_member(crashed.path());
+        assert_eq!(applied(&mut rebuilt).await, Some(11));
+        assert_eq!(dump(crashed.path()).len(), 10);
+        assert!(super::unsynced::tests::marker_present(crashed.path()));
+    }
+    // ...and the start applies the log after it: nothing committed is lost.
+    assert_eq!(start_member(crashed.path()).await, Some(21));
+    assert_eq!(dump(crashed.path()), expected);
+}
+
+#[tokio::test]
+async fn a_machine_crash_without_a_snapshot_rebuilds_the_database_from_the_whole_log() {
+    let (dir, _log, _sm) = member_with_rows(5, 0).await;
+    let expected = dump(dir.path());
+    let crashed = machine_crash_copy(dir.path());
+    {
+        let (_log, mut rebuilt) = open_member(crashed.path());
+        assert_eq!(applied(&mut rebuilt).await, None);
+    }
+    assert_eq!(start_member(crashed.path()).await, Some(6));
+    assert_eq!(dump(crashed.path()), expected);
+}
+
+#[tokio::test]
+async fn closing_writes_the_database_back_and_removes_the_marker() {
+    use openraft::storage::RaftStateMachine;
+    let (dir, _log, mut sm) = member_with_rows(5, 0).await;
+    sm.close().await.unwrap();
+    assert!(!super::unsynced::tests::marker_present(dir.path()));
+    let wal = std::fs::metadata(dir.path().join("db.sqlite3-wal")).unwrap();
+    assert_eq!(wal.len(), 0, "the write-ahead log was not written back");
+
+    // Closed cleanly, the database is kept whatever happened to the machine after.
+    let stopped = crash_copy(dir.path());
+    let (_log, mut reopened) = open_member(stopped.path());
+    assert_eq!(applied(&mut reopened).await, Some(6));
+    assert_eq!(dump(stopped.path()).len(), 5);
+
+    // A write after the close marks the database unsynced again.
+    sm.apply(vec![entry(7, sql("INSERT INTO kv VALUES ('late', 'v')"))])
+        .await
+        .unwrap();
+    assert!(super::unsynced::tests::marker_present(dir.path()));
+}
