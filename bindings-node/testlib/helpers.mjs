@@ -1,6 +1,7 @@
 // Shared test helpers: free ports, temp dirs, waiting on conditions.
 import net from 'node:net'
 import fs from 'node:fs/promises'
+import { rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
@@ -20,8 +21,22 @@ export async function freePort () {
   }
 }
 
-export function tempDir () {
-  return fs.mkdtemp(path.join(os.tmpdir(), 'mc-node-'))
+// Temporary directories made by this process, removed when it exits.
+const tempDirs = []
+process.on('exit', () => {
+  for (const dir of tempDirs) {
+    try {
+      rmSync(dir, { recursive: true, force: true, maxRetries: 3 })
+    } catch (err) {
+      console.error(`could not remove ${dir}: ${err.message}`)
+    }
+  }
+})
+
+export async function tempDir () {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'mc-node-'))
+  tempDirs.push(dir)
+  return dir
 }
 
 export async function waitFor (what, check, timeoutMs = 60000) {
