@@ -2,7 +2,9 @@
 //! whether or not the daemon runs.
 //!
 //! The newest membership is the later of the one the state machine applied and the last
-//! membership entry still in the log.
+//! membership entry still in the log. Where the state machine database cannot be trusted (a
+//! machine crash while it ran unsynced), its last snapshot stands in for it: the log holds
+//! every entry after it.
 
 use std::path::Path;
 
@@ -10,6 +12,8 @@ use openraft::{EntryPayload, StorageIOError, StoredMembership};
 use rusqlite::{Connection, OpenFlags};
 
 use super::sqlite::{Kind, OrFail, decode, read_meta};
+use super::state_machine::{DB_FILE, SNAPSHOT_FILE};
+use super::unsynced::database_trusted;
 use super::{MemberNode, NodeId, TypeConfig};
 use crate::{Error, Result};
 
@@ -33,7 +37,9 @@ pub fn local_membership(dir: &Path) -> Result<Vec<(NodeId, MemberNode, bool)>> {
             .map_err(|err| failed(&err))
     };
     let mut newest: Option<StoredMembership<NodeId, MemberNode>> = None;
-    if let Some(conn) = open("db.sqlite3")? {
+    let trusted = database_trusted(dir, READ).map_err(|err| failed(&err))?;
+    let applied = if trusted { DB_FILE } else { SNAPSHOT_FILE };
+    if let Some(conn) = open(applied)? {
         newest = read_meta(&conn, "_microcluster_raft", "membership", READ)
             .map_err(|err| failed(&err))?;
     }

@@ -71,10 +71,10 @@ CREATE TABLE IF NOT EXISTS _microcluster_table_writes (name TEXT PRIMARY KEY NOT
 const SCHEMA_MARKER: &str = "sqlite_schema";
 
 /// The database file inside the database directory.
-const DB_FILE: &str = "db.sqlite3";
+pub(super) const DB_FILE: &str = "db.sqlite3";
 
 /// The current snapshot, and where a received one is written before it is installed.
-const SNAPSHOT_FILE: &str = "snapshots/current.db";
+pub(super) const SNAPSHOT_FILE: &str = "snapshots/current.db";
 const RECEIVING_FILE: &str = "snapshots/incoming.db";
 const RECEIVED_FILE: &str = "snapshots/received.db";
 

@@ -699,7 +699,8 @@ async fn a_machine_crash_rebuilds_the_database_from_the_snapshot_and_the_log() {
     let (dir, _log, _sm) = member_with_rows(20, 10).await;
     let expected = dump(dir.path());
     let crashed = machine_crash_copy(dir.path());
-    // Torn by the crash: the file is garbage from its second page on.
+    // Torn by the crash: the write-ahead log lost, the file garbage from its second page on.
+    std::fs::remove_file(crashed.path().join("db.sqlite3-wal")).unwrap();
     let db_file = crashed.path().join("db.sqlite3");
     let length = std::fs::metadata(&db_file).unwrap().len() as usize;
     let mut bytes = std::fs::read(&db_file).unwrap();
@@ -751,4 +752,30 @@ async fn closing_writes_the_database_back_and_removes_the_marker() {
         .await
         .unwrap();
     assert!(super::unsynced::tests::marker_present(dir.path()));
+}
+
+#[tokio::test]
+async fn the_local_membership_after_a_machine_crash_comes_from_the_snapshot() {
+    use openraft::storage::RaftLogStorageExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, mut sm) = open_member(dir.path());
+    let node = MemberNode {
+        name: "c1".into(),
+        ..Default::default()
+    };
+    let members = BTreeMap::from([(1u64, node.clone())]);
+    let membership = Entry::<TypeConfig> {
+        log_id: log_id(0),
+        payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], members)),
+    };
+    log.blocking_append([membership.clone()]).await.unwrap();
+    sm.apply([membership]).await.unwrap();
+    sm.build_snapshot().await.unwrap();
+
+    let crashed = machine_crash_copy(dir.path());
+    // Torn beyond reading: the write-ahead log lost, and not even SQLite's header left.
+    std::fs::remove_file(crashed.path().join("db.sqlite3-wal")).unwrap();
+    std::fs::write(crashed.path().join("db.sqlite3"), vec![0xA5; 8192]).unwrap();
+    let view = super::local_view::local_membership(crashed.path()).unwrap();
+    assert_eq!(view, vec![(1, node, true)]);
 }

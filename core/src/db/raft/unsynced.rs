@@ -59,6 +59,13 @@ pub(super) enum Found {
     AnotherBoot,
 }
 
+/// Whether the state machine database in `dir` holds what it says, as it is on disk now:
+/// false when a start would rebuild it (see [`Found::AnotherBoot`]).
+pub(super) fn database_trusted(dir: &Path, kind: Kind) -> Res<bool> {
+    let (_, found) = UnsyncedMarker::open(dir, kind)?;
+    Ok(found != Found::AnotherBoot)
+}
+
 /// The marker of the database in one directory, for this boot.
 pub(super) struct UnsyncedMarker {
     path: PathBuf,
