@@ -406,30 +406,12 @@ impl Db {
         Ok(result)
     }
 
-    /// Makes a snapshot of the current state the current snapshot.
-    fn build_snapshot(&self) -> Res<()> {
-        let path = self.dir.join(SNAPSHOT_FILE);
-        let temp = path.with_extension("db.tmp");
-        if let Err(err) = std::fs::remove_file(&temp)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(err).or_fail(WRITE_SNAPSHOT);
-        }
-        self.conn
-            .execute("VACUUM main INTO ?1", [temp.to_string_lossy()])
-            .or_fail(WRITE_SNAPSHOT)?;
-        File::open(&temp)
-            .and_then(|file| file.sync_all())
-            .or_fail(WRITE_SNAPSHOT)?;
-        std::fs::rename(&temp, &path).or_fail(WRITE_SNAPSHOT)?;
-        sync_file_and_dir(&path, WRITE_SNAPSHOT)
-    }
-
     /// Installs the snapshot written to [`RECEIVED_FILE`], after checking that it holds the
     /// state `meta` announces: it becomes the current snapshot, and a copy of it the database.
     fn install_snapshot(&mut self, meta: &Meta) -> Res<()> {
         let gate = self.gate.clone();
         let _file = gate.replace_file();
+        let _snapshot = gate.snapshot_file();
         let _turn = gate.turn();
         let received = self.dir.join(RECEIVED_FILE);
         let found = snapshot_meta(&received, WRITE_SNAPSHOT)?;
@@ -457,18 +439,38 @@ impl Db {
         }
         Ok(())
     }
+}
 
-    /// The current snapshot's metadata and an open handle on it, taken together so a newer
-    /// snapshot cannot slip in between.
-    fn current_snapshot(&self) -> Res<Option<(Meta, File)>> {
-        let path = self.dir.join(SNAPSHOT_FILE);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(err).or_fail(READ_SNAPSHOT),
-        };
-        Ok(Some((snapshot_meta(&path, READ_SNAPSHOT)?, file)))
-    }
+/// Makes a snapshot of the database in `dir` the current snapshot, on a connection of its
+/// own: `VACUUM INTO` reads one consistent state while the writer thread goes on applying.
+fn build_snapshot(dir: &Path) -> Res<()> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let temp = path.with_extension("db.tmp");
+    remove_if_present(&temp, WRITE_SNAPSHOT)?;
+    open_reader(dir)
+        .and_then(|conn| conn.execute("VACUUM main INTO ?1", [temp.to_string_lossy()]))
+        .or_fail(WRITE_SNAPSHOT)?;
+    File::open(&temp)
+        .and_then(|file| file.sync_all())
+        .or_fail(WRITE_SNAPSHOT)?;
+    std::fs::rename(&temp, &path).or_fail(WRITE_SNAPSHOT)?;
+    sync_file_and_dir(&path, WRITE_SNAPSHOT)
+}
+
+/// The current snapshot in `dir`: its metadata and an open handle on it. The caller holds
+/// [`StateMachine::snapshots`], so no other snapshot replaces the file in between.
+fn current_snapshot(dir: &Path) -> Res<Option<Snapshot<TypeConfig>>> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).or_fail(READ_SNAPSHOT),
+    };
+    let meta = snapshot_meta(&path, READ_SNAPSHOT)?;
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(tokio::fs::File::from_std(file)),
+    }))
 }
 
 /// The index of the last write of each table (`_microcluster_table_writes`) as one batch of
@@ -685,6 +687,8 @@ fn entry_size(entry: &openraft::Entry<TypeConfig>) -> usize {
 /// - Connections other than the apply thread's share the database file
 ///   ([`WriteGate::share_file`]): installing a snapshot, which replaces the file, waits until
 ///   none is in use.
+/// - The current snapshot is built, read and replaced by one at a time
+///   ([`WriteGate::snapshot_file`]). Whoever needs both takes the database file first.
 #[derive(Clone, Default)]
 pub struct WriteGate(Arc<Gate>);
 
@@ -699,6 +703,8 @@ struct Gate {
     /// Bumped each time the database file is replaced: connections opened before point at
     /// the old file.
     generation: AtomicU64,
+    /// Held while the current snapshot is built, read or replaced.
+    snapshot: Mutex<()>,
 }
 
 /// A writer's turn; it ends when this is dropped.
@@ -736,6 +742,11 @@ impl WriteGate {
         let guard = sync::write(&self.0.file);
         self.0.generation.fetch_add(1, Ordering::SeqCst);
         guard
+    }
+
+    /// Builds, reads or replaces the current snapshot alone until the guard is dropped.
+    pub(super) fn snapshot_file(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.0.snapshot)
     }
 
     /// The number of times the database file was replaced since it was opened.
@@ -946,22 +957,27 @@ impl StateMachine {
         self.wait_applied(accepted, timeout).await
     }
 
-    /// The current snapshot, opened for reading; with `build`, a new one is made first, in the
-    /// same job so no other snapshot can replace it in between.
+    /// The current snapshot, opened for reading; with `build`, a new one is made first (see
+    /// [`build_snapshot`]), holding what was handed to the state machine so far. Both run
+    /// beside the writer thread, which goes on applying: a build of a large database would
+    /// otherwise hold up every write on this member.
     async fn current_snapshot(&self, build: bool) -> Res<Option<Snapshot<TypeConfig>>> {
         let kind = if build { WRITE_SNAPSHOT } else { READ_SNAPSHOT };
-        let current = self
-            .call(kind, move |db| {
-                if build {
-                    db.build_snapshot()?;
-                }
-                db.current_snapshot()
-            })
-            .await?;
-        Ok(current.map(|(meta, file)| Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
-        }))
+        if build {
+            self.call(kind, |_| Ok(())).await?;
+        }
+        let dir = self.dir.clone();
+        let gate = self.gate.clone();
+        tokio::task::spawn_blocking(move || {
+            let _file = build.then(|| gate.share_file());
+            let _snapshot = gate.snapshot_file();
+            if build {
+                build_snapshot(&dir)?;
+            }
+            current_snapshot(&dir)
+        })
+        .await
+        .or_fail(kind)?
     }
 }
 

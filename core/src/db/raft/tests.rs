@@ -779,3 +779,57 @@ async fn the_local_membership_after_a_machine_crash_comes_from_the_snapshot() {
     let view = super::local_view::local_membership(crashed.path()).unwrap();
     assert_eq!(view, vec![(1, node, true)]);
 }
+
+#[tokio::test]
+async fn entries_apply_while_a_snapshot_is_built() {
+    let (dir, mut sm) = open_state_machine();
+    sm.apply(vec![
+        entry(1, sql(KV)),
+        entry(2, sql("INSERT INTO kv VALUES ('a', '1')")),
+    ])
+    .await
+    .unwrap();
+    // Hold the snapshot back: another thread has the current snapshot until told.
+    let gate = sm.write_gate();
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _snapshot = gate.snapshot_file();
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    held.recv().unwrap();
+    let mut builder = sm.clone();
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    // Let the build start: it first waits for the writer thread to apply what was handed
+    // over, so a call queued after that (and answered after it) lets it go on.
+    tokio::task::yield_now().await;
+    sm.applied_state().await.unwrap();
+    tokio::task::yield_now().await;
+
+    // The writer thread is not taken by the build: the next entry applies meanwhile.
+    let applied = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        sm.apply(vec![entry(3, sql("INSERT INTO kv VALUES ('b', '1')"))]),
+    )
+    .await
+    .expect("an apply waited for the snapshot build");
+    assert_eq!(
+        applied.unwrap(),
+        vec![CommandResult::Applied { rows_affected: 1 }]
+    );
+    assert!(!build.is_finished());
+
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let snapshot = build.await.unwrap().unwrap();
+    // The snapshot holds what was handed over before the build (2), maybe more, and exactly
+    // the state its metadata names.
+    let index = snapshot.meta.last_log_id.unwrap().index;
+    assert!((2..=3).contains(&index), "snapshot at {index}");
+    let snapshot_file = Connection::open(dir.path().join("snapshots/current.db")).unwrap();
+    let rows: i64 = snapshot_file
+        .query_row("SELECT count(*) FROM kv", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows as u64, index - 1);
+}
