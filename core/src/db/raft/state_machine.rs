@@ -457,9 +457,9 @@ fn build_snapshot(dir: &Path) -> Res<()> {
     sync_file_and_dir(&path, WRITE_SNAPSHOT)
 }
 
-/// The current snapshot in `dir`: its metadata and an open handle on it. The caller holds
-/// [`StateMachine::snapshots`], so no other snapshot replaces the file in between.
-fn current_snapshot(dir: &Path) -> Res<Option<Snapshot<TypeConfig>>> {
+/// Opens the current snapshot in `dir`: its metadata and a handle on it. The caller holds
+/// [`WriteGate::snapshot_file`], so no other snapshot replaces the file in between.
+fn open_current_snapshot(dir: &Path) -> Res<Option<Snapshot<TypeConfig>>> {
     let path = dir.join(SNAPSHOT_FILE);
     let file = match File::open(&path) {
         Ok(file) => file,
@@ -974,7 +974,7 @@ impl StateMachine {
             if build {
                 build_snapshot(&dir)?;
             }
-            current_snapshot(&dir)
+            open_current_snapshot(&dir)
         })
         .await
         .or_fail(kind)?
