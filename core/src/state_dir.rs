@@ -165,6 +165,11 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         let _ = fs::remove_file(&temp);
         return Err(err);
     }
+    sync_dir(dir)
+}
+
+/// Syncs the directory `dir`, so that files created, renamed or removed in it stay so.
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .context(format_args!("Failed to sync directory {dir:?}: "))

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::certs;
 use crate::error::{Error, Result, ResultExt};
-use crate::state_dir::write_atomic;
+use crate::state_dir::{sync_dir, write_atomic};
 use crate::sync;
 use crate::validate;
 
@@ -311,13 +311,6 @@ fn remove_file(path: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// Syncs the directory `dir`, so that renames and deletions in it are durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .context(format_args!("Failed to sync directory {dir:?}: "))
 }
 
 #[cfg(test)]

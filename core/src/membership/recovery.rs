@@ -26,7 +26,7 @@ use crate::db::identity;
 use crate::db::raft::local_view::local_membership;
 use crate::db::raft::recovery::rewrite_membership;
 use crate::member_config::MemberConfig;
-use crate::state_dir::{StateDir, write_atomic};
+use crate::state_dir::{StateDir, sync_dir, write_atomic};
 use crate::trust::Truststore;
 use crate::{Error, Result, certs, validate};
 
@@ -411,12 +411,6 @@ fn append_tree<W: Write>(
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|err| Error::from(err).context(format!("Failed to sync directory {dir:?}: ")))
 }
 
 /// SPEC §14.3: if `recovery_db.tar.gz` is in `state_dir`, makes its content this member's

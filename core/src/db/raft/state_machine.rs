@@ -35,9 +35,10 @@ use tokio::sync::watch;
 
 use super::changeset::{self, ChangesetApplier, Outcome};
 use super::sqlite::{Kind, OrFail, Res, Worker, WriteTx, read_meta, write_meta};
-use super::unsynced::{Found, UnsyncedMarker, sync_dir};
+use super::unsynced::{Found, UnsyncedMarker};
 use super::{Command, CommandResult, MemberNode, NodeId, TypeConfig};
 use crate::db::proposer::DirectAnswers;
+use crate::state_dir::sync_dir;
 use crate::sync::{self, lock};
 
 /// Prefix of the library's own bookkeeping tables inside the state machine database.
@@ -169,7 +170,7 @@ fn sync_file_and_dir(path: &Path, kind: Kind) -> Res<()> {
     File::open(path)
         .and_then(|file| file.sync_all())
         .or_fail(kind)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")), kind)
+    sync_dir(path.parent().unwrap_or(Path::new("."))).or_fail(kind)
 }
 
 /// Replaces the database in `dir` (closed) with a copy of `source`, or with nothing (a new
@@ -197,7 +198,7 @@ fn replace_database(
         Some(_) => std::fs::rename(&temp, &db_path).or_fail(kind)?,
         None => remove_if_present(&db_path, kind)?,
     }
-    sync_dir(dir, kind)?;
+    sync_dir(dir).or_fail(kind)?;
     marker.replaced(kind)
 }
 

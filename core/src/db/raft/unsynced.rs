@@ -18,14 +18,16 @@
 //! The fsyncs saved are those of the checkpoints: with three members on one disk they stalled
 //! the Raft log's own fsyncs (`docs/benchmarks.md`, eleventh session).
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::sqlite::{Kind, OrFail, Res};
+use crate::state_dir::{sync_dir, write_atomic};
 
 /// The marker file inside the database directory.
 const MARKER_FILE: &str = "db.sqlite3.unsynced";
+
+/// The mode of the marker file.
+const MARKER_MODE: u32 = 0o600;
 
 /// The content of a marker while the database file is replaced: no boot trusts the file.
 const REPLACING: &str = "replacing";
@@ -38,11 +40,6 @@ fn boot_id() -> Option<String> {
     let id = std::fs::read_to_string(BOOT_ID_FILE).ok()?;
     let id = id.trim();
     (!id.is_empty()).then(|| id.to_string())
-}
-
-/// Flushes the directory `dir`, so a file created, renamed or removed in it stays so.
-pub(super) fn sync_dir(dir: &Path, kind: Kind) -> Res<()> {
-    File::open(dir).and_then(|dir| dir.sync_all()).or_fail(kind)
 }
 
 /// What a start finds of the marker in a database directory.
@@ -133,14 +130,7 @@ impl UnsyncedMarker {
 
     /// Writes the marker durably.
     fn write(&self, content: &str, kind: Kind) -> Res<()> {
-        let temp = self.path.with_extension("unsynced.tmp");
-        let written = File::create(&temp).and_then(|mut file| {
-            file.write_all(content.as_bytes())?;
-            file.sync_all()
-        });
-        written.or_fail(kind)?;
-        std::fs::rename(&temp, &self.path).or_fail(kind)?;
-        sync_dir(self.dir(), kind)
+        write_atomic(&self.path, content.as_bytes(), MARKER_MODE).or_fail(kind)
     }
 
     /// Removes the marker, once everything the database holds is on disk.
@@ -150,13 +140,9 @@ impl UnsyncedMarker {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(err).or_fail(kind),
         }
-        sync_dir(self.dir(), kind)?;
+        sync_dir(self.path.parent().unwrap_or(Path::new("."))).or_fail(kind)?;
         self.set = false;
         Ok(())
-    }
-
-    fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
     }
 }
 
