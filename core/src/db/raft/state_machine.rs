@@ -957,34 +957,24 @@ impl StateMachine {
         let accepted = self.deferred().accepted;
         self.wait_applied(accepted, timeout).await
     }
-
-    /// The current snapshot, opened for reading; with `build`, a new one is made first (see
-    /// [`build_snapshot`]), holding what was handed to the state machine so far. Both run
-    /// beside the writer thread, which goes on applying: a build of a large database would
-    /// otherwise hold up every write on this member.
-    async fn current_snapshot(&self, build: bool) -> Res<Option<Snapshot<TypeConfig>>> {
-        let kind = if build { WRITE_SNAPSHOT } else { READ_SNAPSHOT };
-        if build {
-            self.call(kind, |_| Ok(())).await?;
-        }
-        let dir = self.dir.clone();
-        let gate = self.gate.clone();
-        tokio::task::spawn_blocking(move || {
-            let _file = build.then(|| gate.share_file());
-            let _snapshot = gate.snapshot_file();
-            if build {
-                build_snapshot(&dir)?;
-            }
-            open_current_snapshot(&dir)
-        })
-        .await
-        .or_fail(kind)?
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Builds a snapshot holding what was handed to the state machine so far (see
+    /// [`build_snapshot`]). The copy is made beside the writer thread, which goes on applying:
+    /// a build of a large database would otherwise hold up every write on this member.
     async fn build_snapshot(&mut self) -> Res<Snapshot<TypeConfig>> {
-        self.current_snapshot(true).await?.ok_or_else(|| {
+        self.call(WRITE_SNAPSHOT, |_| Ok(())).await?;
+        let (dir, gate) = (self.dir.clone(), self.gate.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            let _file = gate.share_file();
+            let _snapshot = gate.snapshot_file();
+            build_snapshot(&dir)?;
+            open_current_snapshot(&dir)
+        })
+        .await
+        .or_fail(WRITE_SNAPSHOT)??;
+        built.ok_or_else(|| {
             let missing = std::io::Error::other("the snapshot just built is missing");
             StorageIOError::write_snapshot(None, openraft::AnyError::new(&missing)).into()
         })
@@ -1072,6 +1062,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Res<Option<Snapshot<TypeConfig>>> {
-        self.current_snapshot(false).await
+        let (dir, gate) = (self.dir.clone(), self.gate.clone());
+        tokio::task::spawn_blocking(move || {
+            let _snapshot = gate.snapshot_file();
+            open_current_snapshot(&dir)
+        })
+        .await
+        .or_fail(READ_SNAPSHOT)?
     }
 }
