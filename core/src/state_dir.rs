@@ -125,7 +125,7 @@ impl StateDir {
 }
 
 /// Creates `path` (and missing parents) if needed, then sets `mode` on it explicitly.
-fn create_dir(path: &Path, mode: u32) -> Result<()> {
+pub(crate) fn create_dir(path: &Path, mode: u32) -> Result<()> {
     DirBuilder::new()
         .recursive(true)
         .mode(mode)

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use microcluster::ErrorKind;
+use microcluster::db::raft::local_view::local_log_range;
 use microcluster_it::{Cluster, wait_until};
 
 fn count(cluster: &Cluster, i: usize, table: &str) -> i64 {
@@ -222,25 +223,14 @@ fn a_member_behind_a_purged_log_catches_up_by_snapshot() {
             .unwrap();
     }
     // The leader purged its log far past what the stopped member has.
-    let lagging_log = cluster.state_dirs[lagging].join("database/raft.db");
-    let lagging_last: i64 = rusqlite::Connection::open(&lagging_log)
-        .unwrap()
-        .query_row("SELECT coalesce(max(idx), 0) FROM log", [], |row| {
-            row.get(0)
-        })
-        .unwrap();
-    let leader_log = cluster.state_dirs[leader].join("database/raft.db");
+    let log_range = |member: usize| {
+        let dir = cluster.state_dirs[member].join("database");
+        local_log_range(&dir).unwrap().expect("a log")
+    };
+    let (_, lagging_last) = log_range(lagging);
     wait_until("the leader purges its log", || {
-        let first: i64 = rusqlite::Connection::open_with_flags(
-            &leader_log,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap()
-        .query_row("SELECT coalesce(min(idx), 0) FROM log", [], |row| {
-            row.get(0)
-        })
-        .unwrap();
-        first > lagging_last + 1
+        let (leader_first, _) = log_range(leader);
+        leader_first > lagging_last + 1
     });
 
     cluster.restart(lagging);

@@ -151,7 +151,7 @@ impl Database {
         settings: RaftSettings,
     ) -> Result<Database> {
         let config = Arc::new(settings.to_config()?);
-        let log = LogStore::open(&dir.join("raft.db"))?;
+        let log = LogStore::open(dir)?;
         let answers = Arc::new(proposer::DirectAnswers::default());
         let state_machine = StateMachine::open(dir)?.proposing_as(id, answers.clone());
         let network = Network::new(credentials);

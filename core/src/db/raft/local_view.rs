@@ -11,10 +11,12 @@ use std::path::Path;
 use openraft::{EntryPayload, StorageIOError, StoredMembership};
 use rusqlite::{Connection, OpenFlags};
 
-use super::sqlite::{Kind, OrFail, decode, read_meta};
+use super::legacy_log;
+use super::segments::{LogEntry, LogOnDisk};
+use super::sqlite::{Kind, Res, decode, read_meta};
 use super::state_machine::{DB_FILE, SNAPSHOT_FILE};
 use super::unsynced::database_trusted;
-use super::{MemberNode, NodeId, TypeConfig};
+use super::{MemberNode, NodeId};
 use crate::{Error, Result};
 
 const READ: Kind = StorageIOError::read;
@@ -43,26 +45,20 @@ pub fn local_membership(dir: &Path) -> Result<Vec<(NodeId, MemberNode, bool)>> {
         newest = read_meta(&conn, "_microcluster_raft", "membership", READ)
             .map_err(|err| failed(&err))?;
     }
-    if let Some(conn) = open("raft.db")? {
-        let mut stmt = conn
-            .prepare("SELECT entry FROM log ORDER BY idx DESC")
-            .or_fail(READ)
-            .map_err(|err| failed(&err))?;
-        let mut rows = stmt.query([]).or_fail(READ).map_err(|err| failed(&err))?;
-        while let Some(row) = rows.next().or_fail(READ).map_err(|err| failed(&err))? {
-            let blob: Vec<u8> = row.get(0).or_fail(READ).map_err(|err| failed(&err))?;
-            let entry: openraft::Entry<TypeConfig> =
-                decode(&blob, READ).map_err(|err| failed(&err))?;
-            if let EntryPayload::Membership(membership) = entry.payload {
-                let newer = newest
-                    .as_ref()
-                    .and_then(|stored| stored.log_id().as_ref())
-                    .is_none_or(|applied| applied.index < entry.log_id.index);
-                if newer {
-                    newest = Some(StoredMembership::new(Some(entry.log_id), membership));
-                }
-                break;
+    for entry in stored_entries(dir)
+        .map_err(|err| failed(&err))?
+        .into_iter()
+        .rev()
+    {
+        if let EntryPayload::Membership(membership) = entry.payload {
+            let newer = newest
+                .as_ref()
+                .and_then(|stored| stored.log_id().as_ref())
+                .is_none_or(|applied| applied.index < entry.log_id.index);
+            if newer {
+                newest = Some(StoredMembership::new(Some(entry.log_id), membership));
             }
+            break;
         }
     }
     let Some(stored) = newest else {
@@ -73,4 +69,26 @@ pub fn local_membership(dir: &Path) -> Result<Vec<(NodeId, MemberNode, bool)>> {
         .nodes()
         .map(|(id, node)| (*id, node.clone(), membership.voter_ids().any(|v| v == *id)))
         .collect())
+}
+
+/// Every entry of the log stored in the database directory `dir`: in segments, or in the
+/// `raft.db` of an earlier version that was not started since.
+fn stored_entries(dir: &Path) -> Res<Vec<LogEntry>> {
+    if let Some(log) = LogOnDisk::read(dir)? {
+        return log.entries();
+    }
+    let Some(legacy) = legacy_log::read(dir, false)? else {
+        return Ok(Vec::new());
+    };
+    (legacy.entries.iter())
+        .map(|entry| decode(&entry.blob, READ))
+        .collect()
+}
+
+/// The first and the last index of the entries in the Raft log stored in the database
+/// directory `dir`, if it holds any; read directly, whether or not the daemon runs.
+pub fn local_log_range(dir: &Path) -> Result<Option<(u64, u64)>> {
+    let log = LogOnDisk::read(dir)
+        .map_err(|err| Error::internal(format!("Failed to read the Raft log in {dir:?}: {err}")))?;
+    Ok(log.and_then(|log| log.range()))
 }

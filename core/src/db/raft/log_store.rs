@@ -1,17 +1,11 @@
-//! The durable Raft log: a SQLite file of its own (`database/raft.db`).
+//! The durable Raft log (`RaftLogStorage`): append-only segment files in `database/log/`
+//! (see [`super::segments`] for the format and why it is not a SQLite file).
 //!
-//! Entries live in `log(idx, term, node, entry)`, keyed by index and encoded with `postcard`
-//! (`term` and `node` repeat the entry's log id so it can be read without decoding); the vote,
-//! the committed log id and the last purged log id live in `meta(key, value)`. The file runs with
-//! `journal_mode=WAL` and `synchronous=FULL`: it is the durability point of every write, so a
-//! commit is fsynced before it is acknowledged.
-//!
-//! SQLite never runs on the async executor. One dedicated OS thread owns the read-write
-//! connection and performs every write (an [`RaftLogStorage::append`] batch is one transaction,
-//! so one fsync); a second thread owns a read-only connection and serves log reads, so
-//! replication reads are not queued behind an fsync. Requests travel over `std::sync::mpsc`
-//! and answers come back over `tokio::sync::oneshot`. Each thread ends when the last handle
-//! that can reach it is dropped.
+//! File I/O never runs on the async executor. One dedicated OS thread owns the files and
+//! performs every write (an [`RaftLogStorage::append`] batch is one `pwrite` and one
+//! `fdatasync`); a second thread serves log reads, so replication reads are not queued behind
+//! an fsync. Requests travel over `std::sync::mpsc` and answers come back over
+//! `tokio::sync::oneshot`. Each thread ends when the last handle that can reach it is dropped.
 //!
 //! The newest entries (at most [`RECENT_MAX_ENTRIES`] and about [`RECENT_MAX_BYTES`]) are
 //! also kept in memory, as a contiguous tail of the log: replication to members that keep up
@@ -19,30 +13,29 @@
 //! Older entries are read from disk. Memory stays bounded whatever the log's length.
 //!
 //! The committed log id is a hint (a restarted member applies up to it before hearing from
-//! the leader), so saving it costs no commit of its own: it rides along in the next write
-//! transaction (an append, a vote, a truncate or a purge). The last one saved before a
-//! shutdown may be lost; the member then learns it from the leader.
+//! the leader), so saving it costs no write of its own: it rides along in the next write (an
+//! append, a vote or a purge). The last one saved before a shutdown may be lost; the member
+//! then learns it from the leader.
+//!
+//! A database directory of an earlier version holds the log in a SQLite file (`raft.db`); it is
+//! moved into segments at the first open ([`super::legacy_log`]).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{CommittedLeaderId, Entry, LogId, OptionalSend, StorageIOError, Vote};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use openraft::{LogId, OptionalSend, StorageIOError, Vote};
 
-use super::sqlite::{Kind, OrFail, Res, Worker, WriteTx, decode, encode, read_meta, write_meta};
-use super::{NodeId, TypeConfig};
+use super::segments::{EncodedEntry, LogEntry, Positions, SegmentLog, read_entries};
+use super::sqlite::{Kind, Res, Worker, encode};
+use super::{NodeId, TypeConfig, legacy_log};
 use crate::sync::lock;
 
 const READ_LOGS: Kind = StorageIOError::read_logs;
 const WRITE_LOGS: Kind = StorageIOError::write_logs;
-
-/// A Raft log entry of our types.
-type LogEntry = Entry<TypeConfig>;
 
 /// The most bytes of entries one `limited_get_log_entries` call returns (at least one entry).
 const READ_LIMIT_BYTES: usize = 4 << 20;
@@ -52,17 +45,6 @@ const RECENT_MAX_ENTRIES: usize = 4096;
 
 /// About the most encoded bytes of entries kept in memory.
 const RECENT_MAX_BYTES: usize = 16 << 20;
-
-/// The key-value table of the vote, the committed id and the last purged id.
-const META: &str = "meta";
-const META_VOTE: &str = "vote";
-const META_COMMITTED: &str = "committed";
-const META_LAST_PURGED: &str = "last_purged";
-
-/// Converts an index to SQLite's signed integer, saturating at `i64::MAX`.
-fn sql_index(index: u64) -> i64 {
-    i64::try_from(index).unwrap_or(i64::MAX)
-}
 
 /// The half-open index range `[start, end)` of `range`.
 fn index_range((start, end): (Bound<u64>, Bound<u64>)) -> (u64, u64) {
@@ -77,27 +59,6 @@ fn index_range((start, end): (Bound<u64>, Bound<u64>)) -> (u64, u64) {
         Bound::Unbounded => u64::MAX,
     };
     (start, end)
-}
-
-/// Reads the entries of `[start, end)` in index order, stopping after `limit_bytes` (at least
-/// one).
-fn read_entries(conn: &Connection, start: u64, end: u64, limit_bytes: usize) -> Res<Vec<LogEntry>> {
-    let sql = "SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx";
-    let mut stmt = conn.prepare_cached(sql).or_fail(READ_LOGS)?;
-    let mut rows = stmt
-        .query(params![sql_index(start), sql_index(end)])
-        .or_fail(READ_LOGS)?;
-    let (mut out, mut bytes) = (Vec::new(), 0usize);
-    while let Some(row) = rows.next().or_fail(READ_LOGS)? {
-        let blob = row.get_ref(0).or_fail(READ_LOGS)?;
-        let blob = blob.as_blob().or_fail(READ_LOGS)?;
-        bytes += blob.len();
-        out.push(decode(blob, READ_LOGS)?);
-        if bytes >= limit_bytes {
-            break;
-        }
-    }
-    Ok(out)
 }
 
 /// The newest entries of the log, each with its encoded size: always a contiguous tail of
@@ -216,78 +177,41 @@ impl RecentEntries {
 /// The recent entries, shared by the writer thread and the readers.
 type SharedRecent = Arc<Mutex<RecentEntries>>;
 
-/// An entry's id and its encoding, as written to disk.
-struct EncodedEntry {
-    log_id: LogId<NodeId>,
-    blob: Vec<u8>,
-}
-
 /// The committed id saved since the writer thread last wrote one, if any. It is shared, so
-/// saving it does not wake the writer thread: the next write transaction picks it up.
+/// saving it does not wake the writer thread: the next append picks it up.
 type PendingCommitted = Arc<Mutex<Option<Option<LogId<NodeId>>>>>;
 
-/// What the writer thread owns: the read-write connection and the committed id waiting to be
-/// written.
+/// What the writer thread owns: the log's files and the committed id waiting to be written.
 struct LogWriter {
-    conn: Connection,
+    log: SegmentLog,
     pending_committed: PendingCommitted,
 }
 
 impl LogWriter {
-    /// Runs `write` in one transaction (so one fsync) together with the pending committed id.
-    fn transaction<T>(&mut self, write: impl FnOnce(&Connection) -> Res<T>) -> Res<T> {
-        let tx = WriteTx::begin(&self.conn).or_fail(WRITE_LOGS)?;
-        let written = write(&tx)?;
-        // Only an id whose entry is on disk once this commits: the id may have been saved
-        // after a quorum of other members acknowledged an entry whose own append still waits
-        // behind this transaction, and a restart must not find it past the log's end.
-        let last: Option<i64> = tx
-            .prepare_cached("SELECT max(idx) FROM log")
-            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
-            .or_fail(WRITE_LOGS)?;
-        let committed = lock(&self.pending_committed).filter(|committed| {
-            let index = committed.map_or(0, |id| sql_index(id.index));
-            last.is_some_and(|last| index <= last)
-        });
-        if let Some(committed) = &committed {
-            write_meta(&tx, META, META_COMMITTED, committed, WRITE_LOGS)?;
+    /// Runs `write` (an append, a vote or a purge) with the pending committed id, which the log
+    /// writes with it if its entry is then on disk: the id may have been saved after a quorum of
+    /// other members acknowledged an entry whose own append still waits behind this write, and
+    /// a restart must not find it past the log's end.
+    fn write(
+        &mut self,
+        write: impl FnOnce(&mut SegmentLog, Option<LogId<NodeId>>) -> Res<()>,
+    ) -> Res<()> {
+        let pending = *lock(&self.pending_committed);
+        write(&mut self.log, pending.flatten())?;
+        let mut pending_now = lock(&self.pending_committed);
+        // A newer id saved meanwhile, or one whose entry is not written yet, waits.
+        if let Some(committed) = pending
+            && *pending_now == pending
+            && committed <= self.log.committed()
+        {
+            *pending_now = None;
         }
-        tx.commit().or_fail(WRITE_LOGS)?;
-        let mut pending = lock(&self.pending_committed);
-        // A newer id saved meanwhile waits for the next transaction.
-        if committed.is_some() && *pending == committed {
-            *pending = None;
-        }
-        Ok(written)
-    }
-
-    /// Writes a batch of encoded entries in one transaction.
-    fn append(&mut self, rows: &[EncodedEntry]) -> Res<()> {
-        self.transaction(|tx| {
-            let sql = "INSERT OR REPLACE INTO log(idx, term, node, entry) VALUES (?1, ?2, ?3, ?4)";
-            let mut stmt = tx.prepare_cached(sql).or_fail(WRITE_LOGS)?;
-            for row in rows {
-                let LogId { leader_id, index } = row.log_id;
-                let (index, term, node) = (index, leader_id.term, leader_id.node_id);
-                stmt.execute(params![
-                    sql_index(index),
-                    sql_index(term),
-                    sql_index(node),
-                    row.blob
-                ])
-                .or_fail(WRITE_LOGS)?;
-            }
-            Ok(())
-        })
+        Ok(())
     }
 
     /// The committed id: the one waiting to be written, else the one on disk.
-    fn committed(&self) -> Res<Option<LogId<NodeId>>> {
-        if let Some(committed) = *lock(&self.pending_committed) {
-            return Ok(committed);
-        }
-        let kind: Kind = StorageIOError::read;
-        Ok(read_meta::<Option<LogId<NodeId>>>(&self.conn, META, META_COMMITTED, kind)?.flatten())
+    fn committed(&self) -> Option<LogId<NodeId>> {
+        lock(&self.pending_committed).unwrap_or_else(|| self.log.committed())
     }
 }
 
@@ -296,7 +220,7 @@ impl LogWriter {
 #[derive(Clone)]
 pub struct LogReader {
     recent: SharedRecent,
-    reader: Worker<Connection>,
+    reader: Worker<Arc<Mutex<Positions>>>,
 }
 
 impl LogReader {
@@ -309,7 +233,9 @@ impl LogReader {
         if let Some(entries) = lock(&self.recent).read(start, end, limit_bytes) {
             return Ok(entries);
         }
-        let f = move |conn: &mut Connection| read_entries(conn, start, end, limit_bytes);
+        let f = move |positions: &mut Arc<Mutex<Positions>>| {
+            read_entries(positions, start, end, limit_bytes)
+        };
         self.reader.call(READ_LOGS, f).await
     }
 }
@@ -329,73 +255,47 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 }
 
-/// The durable Raft log store (`RaftLogStorage`), backed by a SQLite file.
+/// The durable Raft log store (`RaftLogStorage`), backed by segment files.
 pub struct LogStore {
     writer: Worker<LogWriter>,
     reader: LogReader,
     pending_committed: PendingCommitted,
-    /// The number of transactions committed by the writer connection.
+    /// The number of appends synced to disk.
     #[cfg(test)]
-    commits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    syncs: Arc<std::sync::atomic::AtomicUsize>,
     /// Holds appends back from disk while closed (tests of the leader's parallel flush).
     #[cfg(test)]
     pub(crate) flush_gate: tests::FlushGate,
 }
 
 impl LogStore {
-    /// Opens (creating if needed) the log database at `path` and starts its threads.
-    pub fn open(path: &Path) -> Result<LogStore, crate::Error> {
-        let err = |e: rusqlite::Error| {
-            crate::Error::internal(format!("open Raft log {}: {e}", path.display()))
+    /// Opens (creating if needed) the log in the database directory `database_dir` and starts
+    /// its threads.
+    pub fn open(database_dir: &Path) -> Result<LogStore, crate::Error> {
+        let err = |e: &dyn std::fmt::Display| {
+            crate::Error::internal(format!(
+                "Failed to open the Raft log in {}: {e}",
+                database_dir.display()
+            ))
         };
-        #[cfg_attr(not(test), allow(unused_mut))]
-        let mut conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            let msg = format!("open Raft log {}: journal mode {mode}", path.display());
-            return Err(crate::Error::internal(msg));
-        }
-        conn.execute_batch(
-            "PRAGMA synchronous=FULL;
-             CREATE TABLE IF NOT EXISTS log(
-                 idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, node INTEGER NOT NULL,
-                 entry BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);",
-        )
-        .map_err(err)?;
+        legacy_log::migrate(database_dir)?;
+        let log = SegmentLog::open(database_dir).map_err(|e| err(&e))?;
         #[cfg(test)]
-        let commits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        #[cfg(test)]
-        {
-            let counter = commits.clone();
-            let hook = move || {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                false // do not roll back
-            };
-            conn.commit_hook(Some(hook)).map_err(err)?;
-        }
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let read_conn = Connection::open_with_flags(path, flags).map_err(err)?;
-        read_conn
-            .busy_timeout(Duration::from_secs(5))
-            .map_err(err)?;
+        let syncs = log.syncs.clone();
         let recent = SharedRecent::default();
-        let reader = Worker::spawn("raft-log-read", read_conn)?;
+        let reader = Worker::spawn("raft-log-read", log.positions()).map_err(|e| err(&e))?;
         let pending_committed = PendingCommitted::default();
         let writer = LogWriter {
-            conn,
+            log,
             pending_committed: pending_committed.clone(),
         };
-        let writer = Worker::spawn("raft-log-write", writer)?;
+        let writer = Worker::spawn("raft-log-write", writer).map_err(|e| err(&e))?;
         Ok(LogStore {
             writer,
             reader: LogReader { recent, reader },
             pending_committed,
             #[cfg(test)]
-            commits,
+            syncs,
             #[cfg(test)]
             flush_gate: tests::FlushGate::default(),
         })
@@ -416,29 +316,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Res<LogState<TypeConfig>> {
         let f = |writer: &mut LogWriter| {
-            let conn = &writer.conn;
-            let last_purged: Option<LogId<NodeId>> =
-                read_meta(conn, META, META_LAST_PURGED, READ_LOGS)?;
-            let sql = "SELECT idx, term, node FROM log ORDER BY idx DESC LIMIT 1";
-            let last = conn
-                .query_row(sql, [], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .optional()
-                .or_fail(READ_LOGS)?;
-            let last_log_id = match last {
-                Some((index, term, node)) => Some(LogId::new(
-                    CommittedLeaderId::new(term as u64, node as u64),
-                    index as u64,
-                )),
-                None => last_purged,
-            };
+            let (last_purged_log_id, last_log_id) = writer.log.state();
             Ok(LogState {
-                last_purged_log_id: last_purged,
+                last_purged_log_id,
                 last_log_id,
             })
         };
@@ -450,33 +330,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Res<()> {
-        let (vote, kind): (_, Kind) = (*vote, StorageIOError::write_vote);
+        let vote = *vote;
         let f = move |writer: &mut LogWriter| {
-            writer.transaction(|tx| write_meta(tx, META, META_VOTE, &vote, kind))
+            writer.write(|log, committed| log.save_vote(vote, committed))
         };
-        self.writer.call(kind, f).await
+        self.writer.call(StorageIOError::write_vote, f).await
     }
 
     async fn read_vote(&mut self) -> Res<Option<Vote<NodeId>>> {
-        let kind: Kind = StorageIOError::read_vote;
-        let f = move |writer: &mut LogWriter| read_meta(&writer.conn, META, META_VOTE, kind);
-        self.writer.call(kind, f).await
+        let f = |writer: &mut LogWriter| Ok(writer.log.vote());
+        self.writer.call(StorageIOError::read_vote, f).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Res<()> {
         // The committed id is a hint that lets a restarted member apply sooner; losing the
-        // latest one in a crash only delays that. So it waits for the next write transaction
-        // instead of costing a commit (or even a wake of the writer thread) at every commit.
-        // Entries up to it are already durable, so whichever transaction writes it is safe.
+        // latest one in a crash only delays that. So it waits for the next write instead of
+        // costing a write (or even a wake of the writer thread) at every commit. Entries up to
+        // it are already durable, so whichever append writes it is safe.
         *lock(&self.pending_committed) = Some(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Res<Option<LogId<NodeId>>> {
-        let kind: Kind = StorageIOError::read;
-        self.writer
-            .call(kind, |writer: &mut LogWriter| writer.committed())
-            .await
+        let f = |writer: &mut LogWriter| Ok(writer.committed());
+        self.writer.call(StorageIOError::read, f).await
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Res<()>
@@ -485,7 +362,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         // The entries are readable (from memory) when this returns; they are durable when the
-        // callback fires, after the writer thread's commit. The leader replicates them in
+        // callback fires, after the writer thread's fdatasync. The leader replicates them in
         // between (vendor/openraft/PATCHED.md).
         let entries: Vec<LogEntry> = entries.into_iter().collect();
         let rows = entries
@@ -506,7 +383,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let f = move |writer: &mut LogWriter| {
             #[cfg(test)]
             gate.pass();
-            let result = writer.append(&rows);
+            let result = writer.write(|log, committed| log.append(&rows, committed));
             if result.is_ok() {
                 lock(&recent).written(append);
             }
@@ -521,27 +398,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Res<()> {
         lock(&self.reader.recent).truncate(log_id.index);
-        let f = move |writer: &mut LogWriter| {
-            writer.transaction(|tx| {
-                let sql = "DELETE FROM log WHERE idx >= ?1";
-                tx.execute(sql, [sql_index(log_id.index)])
-                    .or_fail(WRITE_LOGS)
-            })?;
-            Ok(())
-        };
+        let f = move |writer: &mut LogWriter| writer.log.truncate(log_id.index);
         self.writer.call(WRITE_LOGS, f).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Res<()> {
         lock(&self.reader.recent).purge(log_id.index);
         let f = move |writer: &mut LogWriter| {
-            writer.transaction(|tx| {
-                write_meta(tx, META, META_LAST_PURGED, &log_id, WRITE_LOGS)?;
-                let sql = "DELETE FROM log WHERE idx <= ?1";
-                tx.execute(sql, [sql_index(log_id.index)])
-                    .or_fail(WRITE_LOGS)
-            })?;
-            Ok(())
+            writer.write(|log, committed| log.purge(log_id, committed))
         };
         self.writer.call(WRITE_LOGS, f).await
     }
@@ -553,10 +417,11 @@ pub(crate) mod tests {
     use std::sync::atomic::Ordering;
 
     use openraft::storage::RaftLogStorageExt;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
 
     use super::*;
     use crate::db::raft::Command;
+    use crate::db::raft::segments::LogOnDisk;
 
     type Ids = (Option<LogId<NodeId>>, Option<LogId<NodeId>>);
 
@@ -616,7 +481,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn append_then_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = LogStore::open(&dir.path().join("raft.db")).unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
         assert_eq!(state(&mut store).await, (None, None));
         assert!(ids(&mut store, 0..10).await.is_empty());
         store.blocking_append(entries(1, 10)).await.unwrap();
@@ -636,19 +501,19 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_is_one_transaction_and_durable_after_the_callback() {
+    async fn a_batch_is_one_sync_and_durable_after_the_callback() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.db");
+        let path = dir.path().to_path_buf();
         let mut store = LogStore::open(&path).unwrap();
-        let before = store.commits.load(Ordering::SeqCst);
+        let before = store.syncs.load(Ordering::SeqCst);
         // `blocking_append` returns only once the callback has fired.
         store.blocking_append(entries(1, 1000)).await.unwrap();
-        assert_eq!(store.commits.load(Ordering::SeqCst), before + 1);
-        // Another store on the same file (the first still open) sees every entry.
-        let mut other = LogStore::open(&path).unwrap();
-        let all: Vec<u64> = (1..=1000).collect();
-        assert_eq!(ids(&mut other, 0..2000).await, all);
-        drop((store, other));
+        assert_eq!(store.syncs.load(Ordering::SeqCst), before + 1);
+        // What is on disk (read while the store is open) holds every entry.
+        let on_disk = LogOnDisk::read(&path).unwrap().unwrap();
+        assert_eq!(on_disk.range(), Some((1, 1000)));
+        assert_eq!(on_disk.entries().unwrap().len(), 1000);
+        drop(store);
         let mut reopened = LogStore::open(&path).unwrap();
         assert_eq!(state(&mut reopened).await, (None, Some(id(1, 1000))));
         assert_eq!(ids(&mut reopened, 500..502).await, vec![500, 501]);
@@ -717,48 +582,73 @@ pub(crate) mod tests {
         assert_eq!(indexes(recent.read(1, 5, usize::MAX)), None);
     }
 
-    /// A store on `path`, and a second one on the same file that sees only what is on disk.
-    fn store_and_disk_view(path: &Path) -> (LogStore, LogStore) {
-        (LogStore::open(path).unwrap(), LogStore::open(path).unwrap())
+    /// The committed id a store opened on `path` reads from disk.
+    async fn committed_on_disk(path: &Path) -> Option<LogId<NodeId>> {
+        LogStore::open(path)
+            .unwrap()
+            .read_committed()
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
     async fn the_committed_id_is_written_with_the_next_append() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.db");
-        let (mut store, mut other) = store_and_disk_view(&path);
-        let before = store.commits.load(Ordering::SeqCst);
+        let path = dir.path().to_path_buf();
+        let mut store = LogStore::open(&path).unwrap();
+        let before = store.syncs.load(Ordering::SeqCst);
         store.save_committed(Some(id(1, 5))).await.unwrap();
         assert_eq!(store.read_committed().await.unwrap(), Some(id(1, 5)));
-        // No commit of its own: not on disk yet.
-        assert_eq!(store.commits.load(Ordering::SeqCst), before);
-        assert_eq!(other.read_committed().await.unwrap(), None);
+        // No write of its own: not on disk.
+        assert_eq!(store.syncs.load(Ordering::SeqCst), before);
+        drop(store);
+        assert_eq!(committed_on_disk(&path).await, None);
+
+        let mut store = LogStore::open(&path).unwrap();
+        let before = store.syncs.load(Ordering::SeqCst);
+        store.save_committed(Some(id(1, 5))).await.unwrap();
         store.blocking_append(entries(1, 5)).await.unwrap();
-        assert_eq!(store.commits.load(Ordering::SeqCst), before + 1);
-        assert_eq!(other.read_committed().await.unwrap(), Some(id(1, 5)));
-        drop((store, other));
-        let mut reopened = LogStore::open(&path).unwrap();
-        assert_eq!(reopened.read_committed().await.unwrap(), Some(id(1, 5)));
+        assert_eq!(store.syncs.load(Ordering::SeqCst), before + 1);
+        drop(store);
+        assert_eq!(committed_on_disk(&path).await, Some(id(1, 5)));
     }
 
     #[tokio::test]
     async fn a_committed_id_past_the_written_log_waits_for_its_entry() {
+        for written in [11, 12] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = LogStore::open(dir.path()).unwrap();
+            store.blocking_append(entries(1, 10)).await.unwrap();
+            // A quorum acknowledged entry 12 before this member's own copy is written.
+            store.save_committed(Some(id(1, 12))).await.unwrap();
+            store.blocking_append(entries(11, written)).await.unwrap();
+            assert_eq!(store.read_committed().await.unwrap(), Some(id(1, 12)));
+            drop(store);
+            let expected = (written == 12).then_some(id(1, 12));
+            assert_eq!(committed_on_disk(dir.path()).await, expected, "{written}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vote_and_a_purge_carry_the_committed_id_too() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut store, mut other) = store_and_disk_view(&dir.path().join("raft.db"));
+        let mut store = LogStore::open(dir.path()).unwrap();
         store.blocking_append(entries(1, 10)).await.unwrap();
-        // A quorum acknowledged entry 12 before this member's own copy is written.
-        store.save_committed(Some(id(1, 12))).await.unwrap();
-        store.blocking_append(entries(11, 11)).await.unwrap();
-        assert_eq!(other.read_committed().await.unwrap(), None);
-        assert_eq!(store.read_committed().await.unwrap(), Some(id(1, 12)));
-        store.blocking_append(entries(12, 12)).await.unwrap();
-        assert_eq!(other.read_committed().await.unwrap(), Some(id(1, 12)));
+        store.save_committed(Some(id(1, 8))).await.unwrap();
+        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        drop(store);
+        assert_eq!(committed_on_disk(dir.path()).await, Some(id(1, 8)));
+        let mut store = LogStore::open(dir.path()).unwrap();
+        store.save_committed(Some(id(1, 9))).await.unwrap();
+        store.purge(id(1, 5)).await.unwrap();
+        drop(store);
+        assert_eq!(committed_on_disk(dir.path()).await, Some(id(1, 9)));
     }
 
     #[tokio::test]
     async fn vote_and_committed_persist_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.db");
+        let path = dir.path().to_path_buf();
         let mut store = LogStore::open(&path).unwrap();
         assert_eq!(store.read_vote().await.unwrap(), None);
         assert_eq!(store.read_committed().await.unwrap(), None);
@@ -779,7 +669,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn truncate_and_purge() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.db");
+        let path = dir.path().to_path_buf();
         let mut store = LogStore::open(&path).unwrap();
         store.blocking_append(entries(0, 10)).await.unwrap();
 

@@ -9,10 +9,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 mod changeset;
+mod legacy_log;
 pub mod local_view;
 pub mod log_store;
 pub mod network;
 pub(crate) mod recovery;
+mod segments;
 pub(crate) mod sqlite;
 pub mod state_machine;
 mod unsynced;

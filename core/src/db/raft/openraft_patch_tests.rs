@@ -156,7 +156,7 @@ impl Cluster {
         let (mut gates, mut dirs, mut members) = (BTreeMap::new(), Vec::new(), BTreeMap::new());
         for id in 1..=3 {
             let dir = tempfile::tempdir().unwrap();
-            let log = LogStore::open(&dir.path().join("raft.db")).unwrap();
+            let log = LogStore::open(dir.path()).unwrap();
             gates.insert(id, log.flush_gate.clone());
             let state_machine = StateMachine::open(dir.path()).unwrap();
             let network = NodeNetwork {

@@ -34,12 +34,13 @@ use crate::{Error, Result};
 /// How many log entries are applied per batch while catching the state machine up.
 const APPLY_CHUNK: u64 = 64;
 
-/// The SQLite files of the database directory.
-const DATABASES: [&str; 2] = ["raft.db", "db.sqlite3"];
+/// The SQLite file of the database directory (the log is in segment files, which have no
+/// write-ahead log).
+const DATABASE: &str = "db.sqlite3";
 
 /// Rewrites the Raft membership stored in the database directory `dir` of the stopped member
 /// `own_id` to exactly `members` (`(id, node, voter)`), and records `sql` (statements on the
-/// members table) in the same term. Afterwards the SQLite files are checkpointed, so `dir`
+/// members table) in the same term. Afterwards the SQLite database is checkpointed, so `dir`
 /// holds no write-ahead log content.
 pub(crate) async fn rewrite_membership(
     dir: &Path,
@@ -52,7 +53,7 @@ pub(crate) async fn rewrite_membership(
             "Failed to rewrite the Raft membership in {dir:?}: {err}"
         ))
     };
-    let mut log = LogStore::open(&dir.join("raft.db"))?;
+    let mut log = LogStore::open(dir)?;
     let mut state_machine = StateMachine::open(dir)?;
 
     // 1. Apply everything the log holds.
@@ -129,16 +130,13 @@ pub(crate) async fn rewrite_membership(
     log.save_committed(Some(last))
         .await
         .map_err(|e| failed(&e))?;
-    // The committed id waits for the next write transaction: this vote write.
+    // The committed id waits for the next write: this vote write.
     log.save_vote(&Vote::new(term, own_id))
         .await
         .map_err(|e| failed(&e))?;
     state_machine.close().await?;
     drop((log, state_machine));
-    for file in DATABASES {
-        checkpoint(&dir.join(file))?;
-    }
-    Ok(())
+    checkpoint(&dir.join(DATABASE))
 }
 
 /// Moves the write-ahead log of the SQLite database at `path` into the database file and
@@ -180,7 +178,7 @@ mod tests {
     /// Writes a log of `entries` (membership of 1 and 2, then SQL) and applies the first
     /// `applied` of them.
     async fn seed(dir: &Path, applied: usize) {
-        let mut log = LogStore::open(&dir.join("raft.db")).unwrap();
+        let mut log = LogStore::open(dir).unwrap();
         let mut sm = StateMachine::open(dir).unwrap();
         let leader = CommittedLeaderId::new(3, 1);
         let nodes = BTreeMap::from([
@@ -224,17 +222,15 @@ mod tests {
         rewrite_membership(dir.path(), 1, &members, sql)
             .await
             .unwrap();
-        for file in DATABASES {
-            let wal = dir.path().join(format!("{file}-wal"));
-            assert!(
-                std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
-                "{wal:?}"
-            );
-        }
+        let wal = dir.path().join(format!("{DATABASE}-wal"));
+        assert!(
+            std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+            "{wal:?}"
+        );
 
         let view = local_membership(dir.path()).unwrap();
         assert_eq!(view, members);
-        let mut log = LogStore::open(&dir.path().join("raft.db")).unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
         let mut sm = StateMachine::open(dir.path()).unwrap();
         let state = log.get_log_state().await.unwrap();
         let (applied, membership) = sm.applied_state().await.unwrap();

@@ -222,8 +222,7 @@ impl
     ) -> Result<(tempfile::TempDir, super::log_store::LogStore, StateMachine), super::StorageError>
     {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let log = super::log_store::LogStore::open(&dir.path().join("raft.db"))
-            .expect("open the log store");
+        let log = super::log_store::LogStore::open(dir.path()).expect("open the log store");
         let state_machine = StateMachine::open(dir.path()).expect("open the state machine");
         Ok((dir, log, state_machine))
     }
@@ -614,7 +613,7 @@ fn crash_copy(dir: &std::path::Path) -> tempfile::TempDir {
 
 /// The log store and the state machine of a member in `dir`.
 fn open_member(dir: &std::path::Path) -> (super::log_store::LogStore, StateMachine) {
-    let log = super::log_store::LogStore::open(&dir.join("raft.db")).unwrap();
+    let log = super::log_store::LogStore::open(dir).unwrap();
     (log, StateMachine::open(dir).unwrap())
 }
 
