@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use microcluster::db::RaftSettings;
+use microcluster::db::{MAX_CONNECTIONS, RaftSettings};
 use microcluster::{App, Args, DaemonArgs, ErrorKind, ReadMode, Value, runtime};
 use microcluster_it::free_address;
 
@@ -147,6 +148,60 @@ fn three_members_with(dir: &Path, timings: Timings) -> Vec<Member> {
             .unwrap();
     }
     members
+}
+
+#[test]
+fn transactions_beyond_the_connection_limit_wait_for_a_connection_and_all_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = Arc::new(three_members(dir.path()));
+    let running = Arc::new(AtomicUsize::new(0));
+    let most_running = Arc::new(AtomicUsize::new(0));
+    const TRANSACTIONS: usize = 3 * MAX_CONNECTIONS;
+    let workers: Vec<_> = (0..TRANSACTIONS)
+        .map(|i| {
+            let (members, running, most_running) =
+                (members.clone(), running.clone(), most_running.clone());
+            std::thread::spawn(move || {
+                members[0].run(move |app| {
+                    Box::pin(async move {
+                        app.transaction(move |tx| {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most_running.fetch_max(now, Ordering::SeqCst);
+                            // Hold the connection a while, so that the closures overlap.
+                            std::thread::sleep(Duration::from_millis(20));
+                            let written = tx.execute(
+                                "INSERT INTO counters (name, value) VALUES (?1, 1)",
+                                [format!("c{i}")],
+                            );
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            written.map(drop)
+                        })
+                        .await
+                    })
+                })
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap().unwrap();
+    }
+    let most = most_running.load(Ordering::SeqCst);
+    assert!(
+        (1..=MAX_CONNECTIONS).contains(&most),
+        "{most} closures ran at once"
+    );
+    let rows = members[1]
+        .run(|app| {
+            Box::pin(async move {
+                app.transaction(|tx| {
+                    let rows = tx.query("SELECT count(*) FROM counters", [])?;
+                    Ok(rows.rows[0][0].clone())
+                })
+                .await
+            })
+        })
+        .unwrap();
+    assert_eq!(rows, Value::Integer(TRANSACTIONS as i64));
 }
 
 #[test]

@@ -11,6 +11,8 @@ pub mod sql_text;
 pub mod tx;
 pub(crate) mod upgrade;
 
-pub use node::{Database, PROPOSE_PATH, READ_INDEX_PATH, RaftSettings, SET_NODE_PATH};
+pub use node::{
+    Database, MAX_CONNECTIONS, PROPOSE_PATH, READ_INDEX_PATH, RaftSettings, SET_NODE_PATH,
+};
 pub use rusqlite::types::Value;
 pub use tx::{ReadMode, Rows, Tx};

@@ -37,8 +37,12 @@ pub const SET_NODE_PATH: &str = "/core/internal/raft/set-node";
 /// How long a proposal or read index may wait for a leader to be known.
 const LEADER_WAIT_POLL: Duration = Duration::from_millis(20);
 
-/// Idle pooled connections kept for transactions.
-const MAX_POOLED_CONNECTIONS: usize = 16;
+/// The most jobs of [`Database::on_connection`] (transactions, reads) that run at once on a
+/// member, each on a pooled connection of its own; later ones wait for a connection. More at
+/// once would add threads and connections, not speed, on a machine of few cores: 64 writers
+/// that each opened a connection when all pooled ones were taken made fewer writes per second
+/// than 16 (docs/benchmarks.md).
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// Raft timings and log compaction (DESIGN §4.3). The defaults replace a lost leader in about
 /// a second.
@@ -111,6 +115,8 @@ pub struct Database {
     settings: RaftSettings,
     /// Connections for transactions, with the state machine generation they were opened in.
     pool: Mutex<Vec<(u64, Connection)>>,
+    /// One permit per connection a job may use ([`MAX_CONNECTIONS`]).
+    connection_permits: tokio::sync::Semaphore,
     /// The jobs of [`Database::on_connection`] running now.
     jobs_running: AtomicUsize,
     state_machine: StateMachine,
@@ -167,6 +173,7 @@ impl Database {
             network,
             settings,
             pool: Mutex::new(Vec::new()),
+            connection_permits: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
             jobs_running: AtomicUsize::new(0),
             state_machine,
             leaders: Mutex::new(HashMap::new()),
@@ -455,6 +462,16 @@ impl Database {
     {
         let timeout = deadline.saturating_duration_since(Instant::now());
         self.state_machine.catch_up(timeout).await?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let permit = tokio::time::timeout(timeout, self.connection_permits.acquire()).await;
+        let Ok(Ok(_permit)) = permit else {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "Timed out waiting for a database connection: {MAX_CONNECTIONS} jobs are running"
+                ),
+            ));
+        };
         let db = self.clone();
         let job = move || {
             let gate = db.state_machine.write_gate();
@@ -496,7 +513,7 @@ impl Database {
 
     fn return_connection(&self, generation: u64, conn: Connection) {
         let mut pool = sync::lock(&self.pool);
-        if pool.len() < MAX_POOLED_CONNECTIONS {
+        if pool.len() < MAX_CONNECTIONS {
             pool.push((generation, conn));
         }
     }
