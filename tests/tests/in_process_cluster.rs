@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use microcluster::db::{MAX_CONNECTIONS, RaftSettings};
 use microcluster::{App, Args, DaemonArgs, ErrorKind, ReadMode, Value, runtime};
-use microcluster_it::free_address;
+use microcluster_it::{free_address, wait_until};
 
 /// The Raft timings and the membership heartbeat interval of a member (zero: the default).
 #[derive(Clone, Default)]
@@ -202,6 +202,56 @@ fn transactions_beyond_the_connection_limit_wait_for_a_connection_and_all_commit
         })
         .unwrap();
     assert_eq!(rows, Value::Integer(TRANSACTIONS as i64));
+}
+
+#[test]
+fn a_transaction_that_finds_every_connection_taken_until_its_deadline_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = Arc::new(three_members(dir.path()));
+    let started = Arc::new(AtomicUsize::new(0));
+    let released = Arc::new((Mutex::new(false), Condvar::new()));
+    let holders: Vec<_> = (0..MAX_CONNECTIONS)
+        .map(|_| {
+            let (members, started, released) = (members.clone(), started.clone(), released.clone());
+            std::thread::spawn(move || {
+                members[0].run(move |app| {
+                    Box::pin(async move {
+                        app.transaction_with(ReadMode::Local, Duration::from_secs(60), move |_| {
+                            started.fetch_add(1, Ordering::SeqCst);
+                            let (flag, signal) = &*released;
+                            let guard = flag.lock().unwrap();
+                            drop(signal.wait_while(guard, |released| !*released).unwrap());
+                            Ok(())
+                        })
+                        .await
+                    })
+                })
+            })
+        })
+        .collect();
+    wait_until("every connection is taken", || {
+        started.load(Ordering::SeqCst) == MAX_CONNECTIONS
+    });
+    let err = members[0]
+        .run(|app| {
+            Box::pin(async move {
+                app.transaction_with(ReadMode::Local, Duration::from_millis(300), |_| Ok(()))
+                    .await
+            })
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        err.to_string()
+            .contains("waiting for a database connection"),
+        "{err}"
+    );
+    let (flag, signal) = &*released;
+    *flag.lock().unwrap() = true;
+    signal.notify_all();
+    for holder in holders {
+        holder.join().unwrap().unwrap();
+    }
 }
 
 #[test]
