@@ -3,6 +3,7 @@ interpreter exits with a running app."""
 
 import _thread
 import asyncio
+import signal
 import subprocess
 import sys
 import threading
@@ -15,11 +16,18 @@ from conftest import free_address
 
 def test_ctrl_c_interrupts_wait(make_member):
     member = make_member("m1")
-    timer = threading.Timer(0.3, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        member.app.wait()
-    timer.join()
+    # Ctrl-C reaches Python through its SIGINT handler. A Python started with SIGINT ignored (a
+    # background job of a non-interactive shell) has none, and `interrupt_main` then does
+    # nothing: the wait below would never end.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer = threading.Timer(0.3, _thread.interrupt_main)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            member.app.wait()
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     member.app.stop()
     member.app.wait()
 
