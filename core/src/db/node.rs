@@ -157,9 +157,16 @@ impl Database {
         settings: RaftSettings,
     ) -> Result<Database> {
         let config = Arc::new(settings.to_config()?);
-        let log = LogStore::open(dir)?;
+        // Opening reads the log's segments (moving an earlier version's `raft.db` into them) and
+        // may rebuild the state machine after a machine crash: file work, off the runtime.
+        let opening = dir.to_path_buf();
+        let (log, state_machine) = tokio::task::spawn_blocking(move || {
+            Ok::<_, Error>((LogStore::open(&opening)?, StateMachine::open(&opening)?))
+        })
+        .await
+        .map_err(|err| Error::internal(format!("Opening the database failed: {err}")))??;
         let answers = Arc::new(proposer::DirectAnswers::default());
-        let state_machine = StateMachine::open(dir)?.proposing_as(id, answers.clone());
+        let state_machine = state_machine.proposing_as(id, answers.clone());
         let network = Network::new(credentials);
         let raft = Raft::new(id, config, network.clone(), log, state_machine.clone())
             .await

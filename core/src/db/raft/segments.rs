@@ -56,6 +56,9 @@ pub(super) const LOG_DIR: &str = "log";
 /// The file of the vote, the last purged id and the committed id at the last purge.
 const META_FILE: &str = "meta";
 
+/// The file name suffix of segments.
+const SEGMENT_SUFFIX: &str = ".seg";
+
 /// The first bytes of every segment.
 const MAGIC: &[u8; 8] = b"mcrlog01";
 
@@ -269,7 +272,7 @@ fn read_located(located: &[Located]) -> Res<Vec<LogEntry>> {
 
 /// The path of segment `seq` in the log directory `dir`.
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:016x}.seg"))
+    dir.join(format!("{seq:016x}{SEGMENT_SUFFIX}"))
 }
 
 /// One segment as found on disk.
@@ -305,7 +308,9 @@ fn find(dir: &Path, writable: bool) -> Res<Found> {
     let mut seqs = Vec::new();
     for dir_entry in fs::read_dir(dir).or_fail(kind)? {
         let name = dir_entry.or_fail(kind)?.file_name();
-        let seq = name.to_str().and_then(|name| name.strip_suffix(".seg"));
+        let seq = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(SEGMENT_SUFFIX));
         if let Some(seq) = seq.and_then(|seq| u64::from_str_radix(seq, 16).ok()) {
             seqs.push(seq);
         }
@@ -532,15 +537,11 @@ impl SegmentLog {
         vote: Vote<NodeId>,
         committed: Option<LogId<NodeId>>,
     ) -> Res<()> {
-        let last = lock(&self.positions).last();
-        let committed = self.newer_committed(committed, last.map(|id| id.index));
-        self.write_meta(Meta {
+        let meta = Meta {
             vote: Some(vote),
-            committed: self.committed.max(committed),
             ..self.meta
-        })?;
-        self.committed = self.committed.max(committed);
-        Ok(())
+        };
+        self.write_meta(meta, committed)
     }
 
     /// `committed` if its entry is written (the last entry written is `last`) and it is newer
@@ -554,11 +555,16 @@ impl SegmentLog {
             .filter(|id| last.is_some_and(|last| id.index <= last) && Some(*id) > self.committed)
     }
 
-    fn write_meta(&mut self, meta: Meta) -> Res<()> {
+    /// Replaces `meta` with `meta` and, as [`SegmentLog::save_vote`] says, `committed`.
+    fn write_meta(&mut self, mut meta: Meta, committed: Option<LogId<NodeId>>) -> Res<()> {
         let kind: Kind = StorageIOError::write;
         self.usable(kind)?;
+        let last = lock(&self.positions).last();
+        let committed = self.newer_committed(committed, last.map(|id| id.index));
+        meta.committed = self.committed.max(committed);
         let bytes = encode(&meta, kind)?;
         write_atomic(&self.dir.join(META_FILE), &bytes, 0o600).or_fail(kind)?;
+        self.committed = meta.committed;
         self.meta = meta;
         Ok(())
     }
@@ -756,14 +762,11 @@ impl SegmentLog {
         if self.meta.last_purged >= Some(id) {
             return Ok(());
         }
-        let last = lock(&self.positions).last();
-        let committed = self.newer_committed(committed, last.map(|id| id.index));
-        self.write_meta(Meta {
+        let meta = Meta {
             last_purged: Some(id),
-            committed: self.committed.max(committed),
             ..self.meta
-        })?;
-        self.committed = self.committed.max(committed);
+        };
+        self.write_meta(meta, committed)?;
         let mut positions = lock(&self.positions);
         positions.purged = Some(id.index);
         let gone = (positions.segments.iter())
