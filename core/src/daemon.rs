@@ -262,7 +262,6 @@ impl Daemon {
         self.spawn_leadership_log(&database);
         self.track_member(tokio::spawn(crate::membership::heartbeat::run(
             self.clone(),
-            self.heartbeat_interval,
             self.member_token(),
         )));
         Ok(database)

@@ -46,17 +46,13 @@ pub(crate) struct HeartbeatInfo {
     pub cluster_members: BTreeMap<String, ClusterMember>,
 }
 
-/// Runs heartbeat rounds every `interval` while this member leads, until the member's
-/// services stop.
-pub(crate) async fn run(
-    daemon: Arc<Daemon>,
-    interval: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
+/// Runs a heartbeat round every heartbeat interval while this member leads, until the
+/// member's services stop.
+pub(crate) async fn run(daemon: Arc<Daemon>, stop: tokio_util::sync::CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(daemon.heartbeat_interval) => {}
         }
         let Ok(db) = daemon.online_database() else {
             continue;
@@ -68,7 +64,7 @@ pub(crate) async fn run(
         // stopping must not wait for it (a round's transactions are atomic).
         tokio::select! {
             _ = stop.cancelled() => return,
-            done = round(&daemon, &db, interval) => if let Err(err) = done {
+            done = round(&daemon, &db) => if let Err(err) = done {
                 tracing::warn!("Heartbeat round failed: {err}");
             },
         }
@@ -76,11 +72,8 @@ pub(crate) async fn run(
 }
 
 /// One round on the leader.
-pub(crate) async fn round(
-    daemon: &Arc<Daemon>,
-    db: &Arc<Database>,
-    interval: Duration,
-) -> Result<()> {
+pub(crate) async fn round(daemon: &Arc<Daemon>, db: &Arc<Database>) -> Result<()> {
+    let interval = daemon.heartbeat_interval;
     // Membership changes are serialised on the leader, but not for the whole round: the
     // fan-out to members below may take two intervals and must not hold up a join.
     let before = {
@@ -154,10 +147,9 @@ pub(crate) async fn round(
     .await?;
 
     // Step 4: rebalance, one change.
-    let online = daemon.online_members(interval * 2);
     let after = {
-        let _serialised = daemon.membership_lock.lock().await;
-        rebalance(db, &online).await?;
+        let serialised = daemon.membership_lock.lock().await;
+        rebalance(daemon, db, &serialised).await?;
         reconcile(db).await?
     };
 
@@ -241,7 +233,17 @@ pub(crate) async fn reconcile(db: &Arc<Database>) -> Result<Vec<ClusterMember>> 
 }
 
 /// Applies at most one role change (SPEC §8.2).
-pub(crate) async fn rebalance(db: &Arc<Database>, online: &BTreeSet<String>) -> Result<()> {
+///
+/// Runs under the membership lock (its guard is the third argument), and reads which members
+/// are online only once it holds it: a join that ran while it waited has made its member
+/// a voter and recorded it as seen, and an older view of who is online would take the new
+/// voter for an offline one and demote it.
+pub(crate) async fn rebalance(
+    daemon: &Daemon,
+    db: &Arc<Database>,
+    _serialised: &tokio::sync::MutexGuard<'_, ()>,
+) -> Result<()> {
+    let online = daemon.online_members(daemon.heartbeat_interval * 2);
     let rows = db
         .transaction(ReadMode::Linearizable, DEFAULT_TIMEOUT, members::list)
         .await?;

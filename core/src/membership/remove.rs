@@ -85,7 +85,7 @@ pub(crate) async fn remove(daemon: Arc<Daemon>, removal: Removal) -> Result<Remo
     {
         return Ok(Removed::Other);
     }
-    let _serialised = daemon.membership_lock.lock().await;
+    let serialised = daemon.membership_lock.lock().await;
     super::heartbeat::reconcile(&db).await?;
     let rows = db
         .transaction(ReadMode::Linearizable, DEFAULT_TIMEOUT, members::list)
@@ -305,8 +305,7 @@ pub(crate) async fn remove(daemon: Arc<Daemon>, removal: Removal) -> Result<Remo
     }
 
     // Step 11.
-    let online = daemon.online_members(daemon.heartbeat_interval * 2);
-    if let Err(err) = super::heartbeat::rebalance(&db, &online).await {
+    if let Err(err) = super::heartbeat::rebalance(&daemon, &db, &serialised).await {
         tracing::warn!("Rebalancing after the removal failed: {err}");
     }
 

@@ -221,7 +221,7 @@ async fn post_heartbeat(daemon: Arc<Daemon>, request: Request) -> Result<Respons
                 "Attempt to initiate heartbeat from non-leader",
             ));
         }
-        heartbeat::round(&daemon, &db, daemon.heartbeat_interval).await?;
+        heartbeat::round(&daemon, &db).await?;
         return Ok(Response::empty());
     }
     heartbeat::receive(&daemon, &info)?;
