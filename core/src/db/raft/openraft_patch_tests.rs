@@ -27,13 +27,23 @@ use super::{Command, MemberNode, NodeId, TypeConfig};
 /// A generous bound for anything that should happen.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The nodes, the ones cut off from the others, and the ones whose incoming requests are held
-/// back (in flight) until released.
+/// The nodes, the ones cut off from the others, the ones whose incoming requests are held
+/// back (in flight) until released, and every AppendEntries request delivered.
 #[derive(Clone, Default)]
 struct Router {
     nodes: Arc<Mutex<BTreeMap<NodeId, Raft<TypeConfig>>>>,
     down: Arc<Mutex<BTreeSet<NodeId>>>,
     held: Arc<tokio::sync::watch::Sender<BTreeSet<NodeId>>>,
+    appends: Arc<Mutex<Vec<Append>>>,
+}
+
+/// An AppendEntries request as delivered: to whom, how many entries, and the committed index
+/// it carried.
+#[derive(Clone, Copy, Debug)]
+struct Append {
+    target: NodeId,
+    entries: usize,
+    leader_commit: Option<u64>,
 }
 
 /// The network of one node.
@@ -95,8 +105,17 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.deliver(|raft| async move { raft.append_entries(rpc).await })
-            .await
+        let append = Append {
+            target: self.target,
+            entries: rpc.entries.len(),
+            leader_commit: rpc.leader_commit.map(|id| id.index),
+        };
+        let router = self.router.clone();
+        self.deliver(|raft| async move {
+            router.appends.lock().unwrap().push(append);
+            raft.append_entries(rpc).await
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -307,15 +326,41 @@ async fn the_next_entries_carry_a_held_back_committed_index() {
     let leader = cluster.leader().await;
     let raft = cluster.router.node(leader);
     let first = raft.client_write(empty_write()).await.unwrap().log_id.index;
+    let appends_before_second = cluster.router.appends.lock().unwrap().len();
     let second = raft.client_write(empty_write()).await.unwrap().log_id.index;
+    let mut told_only_first = 0;
     for id in (1..=3).filter(|id| *id != leader) {
-        // The second entry's request told them the first is committed...
+        // The second entry's request told them the first is committed.
         applied(&cluster, id, first).await;
-        // ...and nothing within the hour tells them about the second.
         let metrics = cluster.router.node(id).metrics().borrow().clone();
         assert_eq!(metrics.last_log_index, Some(second));
-        assert_eq!(metrics.last_applied.map(|id| id.index), Some(first));
+        // What a follower applied is what the requests carrying entries told it: a follower
+        // whose request for the second entry left after that entry committed (it was still
+        // busy with the first) learns so from that request; no other request is sent within
+        // the hour.
+        let told = (cluster.router.appends.lock().unwrap().iter())
+            .filter(|append| append.target == id && append.entries > 0)
+            .filter_map(|append| append.leader_commit)
+            .max();
+        assert_eq!(metrics.last_applied.map(|id| id.index), told);
+        if told == Some(first) {
+            told_only_first += 1;
+        }
     }
+    // The second entry committed on the ack of a follower whose request left before that, so
+    // at least one follower holds the second entry and was not told it is committed.
+    assert!(
+        told_only_first >= 1,
+        "every follower was told the second entry is committed"
+    );
+    let appends = cluster.router.appends.lock().unwrap().clone();
+    let notices: Vec<_> = (appends[appends_before_second..].iter())
+        .filter(|append| append.entries == 0)
+        .collect();
+    assert!(
+        notices.is_empty(),
+        "requests without entries were sent: {notices:?}"
+    );
     cluster.shutdown().await;
 }
 
