@@ -343,7 +343,7 @@ impl App {
     }
 
     /// The daemon running in this process, if any.
-    fn daemon(&self) -> Result<Arc<crate::daemon::Daemon>> {
+    pub(crate) fn daemon(&self) -> Result<Arc<crate::daemon::Daemon>> {
         sync::lock(&self.running)
             .as_ref()
             .map(|running| running.daemon.clone())

@@ -18,3 +18,50 @@ pub fn free_address() -> String {
         }
     }
 }
+
+/// A member started in this process on a temporary state directory (core's unit tests).
+#[cfg(test)]
+pub(crate) struct Member {
+    /// The member's app.
+    pub app: std::sync::Arc<crate::App>,
+    /// The task running the daemon; it ends when the daemon stops.
+    pub task: tokio::task::JoinHandle<crate::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl Member {
+    /// Starts a member on `dir` (not initialised unless `dir` is) and waits until it is ready.
+    pub async fn start(dir: tempfile::TempDir) -> Member {
+        let app = std::sync::Arc::new(
+            crate::App::new(crate::Args {
+                state_dir: Some(dir.path().into()),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let runner = app.clone();
+        let task = tokio::spawn(async move {
+            runner
+                .start(crate::DaemonArgs {
+                    version: "1.0".into(),
+                    ..Default::default()
+                })
+                .await
+        });
+        app.ready(Some(std::time::Duration::from_secs(60)))
+            .await
+            .unwrap();
+        Member {
+            app,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the member and checks that its daemon ended without an error.
+    pub async fn stop(self) {
+        self.app.stop().await.unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}

@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,10 +114,10 @@ pub struct Database {
     settings: RaftSettings,
     /// Connections for transactions, with the state machine generation they were opened in.
     pool: Mutex<Vec<(u64, Connection)>>,
-    /// One permit per connection a job may use ([`MAX_CONNECTIONS`]).
-    connection_permits: tokio::sync::Semaphore,
-    /// The jobs of [`Database::on_connection`] running now.
-    jobs_running: AtomicUsize,
+    /// One permit per job of [`Database::on_connection`] running now, each on a connection
+    /// of its own ([`MAX_CONNECTIONS`]). A job holds its permit until it ends, even when its
+    /// caller stopped waiting for it.
+    connection_permits: Arc<tokio::sync::Semaphore>,
     state_machine: StateMachine,
     /// Group commit of proposals while this member leads.
     proposer: Proposer,
@@ -126,26 +125,6 @@ pub struct Database {
     leaders: Mutex<HashMap<String, Client>>,
     /// Signalled when a peer announces that its database came online (SPEC §11.5).
     peer_started: tokio::sync::Notify,
-}
-
-/// Counts a job of [`Database::on_connection`] as running while it lives.
-struct RunningJob<'a> {
-    running: &'a AtomicUsize,
-    /// The jobs that were running when this one started.
-    others: usize,
-}
-
-impl<'a> RunningJob<'a> {
-    fn start(running: &'a AtomicUsize) -> RunningJob<'a> {
-        let others = running.fetch_add(1, Ordering::SeqCst);
-        RunningJob { running, others }
-    }
-}
-
-impl Drop for RunningJob<'_> {
-    fn drop(&mut self) {
-        self.running.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl Database {
@@ -180,8 +159,7 @@ impl Database {
             network,
             settings,
             pool: Mutex::new(Vec::new()),
-            connection_permits: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
-            jobs_running: AtomicUsize::new(0),
+            connection_permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             state_machine,
             leaders: Mutex::new(HashMap::new()),
             peer_started: tokio::sync::Notify::new(),
@@ -470,8 +448,9 @@ impl Database {
         let timeout = deadline.saturating_duration_since(Instant::now());
         self.state_machine.catch_up(timeout).await?;
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let permit = tokio::time::timeout(timeout, self.connection_permits.acquire()).await;
-        let Ok(Ok(_permit)) = permit else {
+        let permits = self.connection_permits.clone();
+        let permit = tokio::time::timeout(timeout, permits.acquire_owned()).await;
+        let Ok(Ok(permit)) = permit else {
             return Err(Error::new(
                 ErrorKind::Timeout,
                 format!(
@@ -479,8 +458,10 @@ impl Database {
                 ),
             ));
         };
+        let alone = self.connection_permits.available_permits() == MAX_CONNECTIONS - 1;
         let db = self.clone();
         let job = move || {
+            let _permit = permit;
             let gate = db.state_machine.write_gate();
             let _file = gate.share_file();
             // No snapshot replaces the file while it is shared, so the generation stays this
@@ -492,8 +473,6 @@ impl Database {
             Ok(done)
         };
         let panicked = |what: String| Error::internal(format!("A database job panicked: {what}"));
-        let running = RunningJob::start(&self.jobs_running);
-        let alone = running.others == 0;
         if alone && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
             tokio::task::block_in_place(|| catch_unwind(AssertUnwindSafe(job)))
                 .map_err(|payload| panicked(panic_message(payload.as_ref())))?
@@ -518,11 +497,10 @@ impl Database {
         }
     }
 
+    /// Puts a connection back in the pool. A connection is opened only when the pool has none,
+    /// and each job holds one permit, so the pool never holds more than [`MAX_CONNECTIONS`].
     fn return_connection(&self, generation: u64, conn: Connection) {
-        let mut pool = sync::lock(&self.pool);
-        if pool.len() < MAX_CONNECTIONS {
-            pool.push((generation, conn));
-        }
+        sync::lock(&self.pool).push((generation, conn));
     }
 
     /// Records that a peer's database came online (`PATCH /core/internal/database`), waking
@@ -545,5 +523,82 @@ impl Database {
         if let Err(err) = self.state_machine.close().await {
             tracing::warn!("{err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Condvar;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::test_support::{Member, free_address};
+
+    /// Polls `done` until it holds, for at most a minute.
+    async fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_keeps_its_connection_after_its_caller_stopped_waiting() {
+        let member = Member::start(tempfile::tempdir().unwrap()).await;
+        let app = member.app.clone();
+        app.new_cluster("c1", &free_address(), BTreeMap::new())
+            .await
+            .unwrap();
+        let db = app.daemon().unwrap().database().unwrap();
+
+        // MAX_CONNECTIONS jobs that hold their connection until released; their callers give
+        // up after 100 ms (except one that may run on its caller's thread and cannot).
+        let started = Arc::new(AtomicUsize::new(0));
+        let released = Arc::new((Mutex::new(false), Condvar::new()));
+        let callers: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| {
+                let (db, started, released) = (db.clone(), started.clone(), released.clone());
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    let job = db.on_connection(deadline, move |_, _| {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        let (flag, signal) = &*released;
+                        let guard = sync::lock(flag);
+                        drop(signal.wait_while(guard, |released| !*released).unwrap());
+                    });
+                    tokio::time::timeout(Duration::from_millis(100), job).await
+                })
+            })
+            .collect();
+        wait_for("every job runs", || {
+            started.load(Ordering::SeqCst) == MAX_CONNECTIONS
+        })
+        .await;
+        wait_for("the callers that can give up have", || {
+            callers.iter().filter(|caller| caller.is_finished()).count() >= MAX_CONNECTIONS - 1
+        })
+        .await;
+
+        // Their jobs still hold every connection.
+        let late = db
+            .on_connection(Instant::now() + Duration::from_millis(300), |_, _| ())
+            .await;
+        // Released before asserting, so that a failure does not leave the jobs blocked.
+        let (flag, signal) = &*released;
+        *sync::lock(flag) = true;
+        signal.notify_all();
+        for caller in callers {
+            caller.await.unwrap().ok();
+        }
+        let err = late.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(
+            err.to_string()
+                .contains("waiting for a database connection"),
+            "{err}"
+        );
+        drop((db, app));
+        member.stop().await;
     }
 }

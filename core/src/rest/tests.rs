@@ -2,7 +2,6 @@
 //! control socket's single-instance rule and shutdown.
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,48 +15,9 @@ use super::tls;
 use crate::certs::{self, CertKeyPair};
 use crate::member_config::MemberConfig;
 use crate::trust::{Remote, Truststore};
-use crate::{App, Args, Client, DaemonArgs, ErrorKind, Result};
+use crate::{App, Args, Client, DaemonArgs, ErrorKind};
 
-/// A member started in this process on a temporary state directory.
-struct Member {
-    app: Arc<App>,
-    task: tokio::task::JoinHandle<Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Member {
-    async fn start(dir: tempfile::TempDir) -> Member {
-        let app = Arc::new(
-            App::new(Args {
-                state_dir: Some(dir.path().into()),
-                ..Default::default()
-            })
-            .unwrap(),
-        );
-        let runner = app.clone();
-        let task = tokio::spawn(async move {
-            runner
-                .start(DaemonArgs {
-                    version: "1.0".into(),
-                    ..Default::default()
-                })
-                .await
-        });
-        app.ready(Some(Duration::from_secs(60))).await.unwrap();
-        Member {
-            app,
-            task,
-            _dir: dir,
-        }
-    }
-
-    async fn stop(self) {
-        self.app.stop().await.unwrap();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-use crate::test_support::free_address;
+use crate::test_support::{Member, free_address};
 
 /// A state directory that looks initialised (daemon.yaml, a Raft identity, a cluster
 /// certificate), with `peer` in its truststore.
