@@ -241,8 +241,12 @@ pub(crate) async fn reconcile(db: &Arc<Database>) -> Result<Vec<ClusterMember>> 
 pub(crate) async fn rebalance(
     daemon: &Daemon,
     db: &Arc<Database>,
-    _serialised: &tokio::sync::MutexGuard<'_, ()>,
+    serialised: &tokio::sync::MutexGuard<'_, ()>,
 ) -> Result<()> {
+    debug_assert!(std::ptr::eq(
+        tokio::sync::MutexGuard::mutex(serialised),
+        &daemon.membership_lock
+    ));
     let online = daemon.online_members(daemon.heartbeat_interval * 2);
     let rows = db
         .transaction(ReadMode::Linearizable, DEFAULT_TIMEOUT, members::list)

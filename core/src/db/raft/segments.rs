@@ -555,7 +555,8 @@ impl SegmentLog {
             .filter(|id| last.is_some_and(|last| id.index <= last) && Some(*id) > self.committed)
     }
 
-    /// Replaces `meta` with `meta` and, as [`SegmentLog::save_vote`] says, `committed`.
+    /// Writes `meta` to the meta file, with `committed` if its entry is written and it is newer
+    /// ([`SegmentLog::newer_committed`]), and makes it the current one.
     fn write_meta(&mut self, mut meta: Meta, committed: Option<LogId<NodeId>>) -> Res<()> {
         let kind: Kind = StorageIOError::write;
         self.usable(kind)?;
